@@ -1,0 +1,113 @@
+//! Upstream `meta/v1 Condition` helpers: `lastTransitionTime` moves only when `status` does.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+pub const READY: &str = "Ready";
+pub const CREDENTIALS_VALID: &str = "CredentialsValid";
+pub const PERMISSIONS_GRANTED: &str = "PermissionsGranted";
+pub const INDICATORS_SYNCED: &str = "IndicatorsSynced";
+
+/// A condition as a reconciler decides it, before timestamps and generations are attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { type_, status, reason: reason.into(), message: message.into() }
+    }
+}
+
+/// Merge `verdicts` into `existing`: a condition keeps its `lastTransitionTime` unless its status
+/// flipped, so rewriting the same verdict is a no-op and never re-triggers a watch.
+pub fn merge(existing: &[Condition], verdicts: &[Verdict], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+    let mut merged: Vec<Condition> = verdicts
+        .iter()
+        .map(|verdict| {
+            let status = if verdict.status { "True" } else { "False" }.to_string();
+            let previous = existing.iter().find(|c| c.type_ == verdict.type_);
+            let last_transition_time = match previous {
+                Some(previous) if previous.status == status => previous.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            Condition {
+                type_: verdict.type_.to_string(),
+                status,
+                reason: verdict.reason.clone(),
+                message: verdict.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect();
+    // Conditions this writer does not decide (none today) are kept as they were.
+    for condition in existing {
+        if !merged.iter().any(|c| c.type_ == condition.type_) {
+            merged.push(condition.clone());
+        }
+    }
+    merged
+}
+
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Schema of a `conditions` list: a list-map keyed by `type`, as upstream types declare it.
+pub fn schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = <Vec<Condition> as JsonSchema>::json_schema(generator);
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn new_condition_gets_now() {
+        let merged = merge(&[], &[Verdict::new(READY, true, "Attached", "ok")], Some(3), &at(100));
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].status, "True");
+        assert_eq!(merged[0].observed_generation, Some(3));
+        assert_eq!(merged[0].last_transition_time, at(100));
+    }
+
+    #[test]
+    fn unchanged_status_keeps_transition_time_even_if_reason_changes() {
+        let first = merge(&[], &[Verdict::new(READY, false, "InvalidSecret", "a")], Some(1), &at(100));
+        let second = merge(&first, &[Verdict::new(READY, false, "AppNotFound", "b")], Some(2), &at(200));
+        assert_eq!(second[0].last_transition_time, at(100));
+        assert_eq!(second[0].reason, "AppNotFound");
+        assert_eq!(second[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn flipped_status_moves_transition_time() {
+        let first = merge(&[], &[Verdict::new(READY, false, "InvalidSecret", "a")], Some(1), &at(100));
+        let second = merge(&first, &[Verdict::new(READY, true, "Attached", "b")], Some(1), &at(200));
+        assert_eq!(second[0].last_transition_time, at(200));
+    }
+
+    #[test]
+    fn same_verdict_twice_is_identical() {
+        let verdicts = [Verdict::new(READY, true, "Attached", "ok"), Verdict::new(CREDENTIALS_VALID, true, "Valid", "ok")];
+        let first = merge(&[], &verdicts, Some(1), &at(100));
+        let second = merge(&first, &verdicts, Some(1), &at(500));
+        assert_eq!(first, second);
+    }
+}

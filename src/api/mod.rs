@@ -1,0 +1,37 @@
+//! The CRD types (`detect.dev/v1alpha1`) and the pure rules around them. No IO.
+
+pub mod conditions;
+pub mod duration;
+pub mod finding;
+pub mod partner;
+
+pub use finding::{
+    Delivery, DeliveryState, IndicatorSpec, IndicatorType, ProbeFinding, ProbeFindingSpec,
+    ProbeFindingStatus, TestState,
+};
+pub use partner::{
+    Cloud, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy,
+    IndicatorAction, PartnerState, Severity,
+};
+
+pub const GROUP: &str = "detect.dev";
+/// Finalizer held by a partner until its indicators are withdrawn (or deliberately retained).
+pub const FINALIZER: &str = "detect.dev/indicators";
+/// Field manager for everything the operator writes.
+pub const MANAGER: &str = "defender-operator";
+
+/// All CRDs the operator serves, in the order `crd` prints them.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![DefenderPartner::crd(), ProbeFinding::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream, exactly what `crds/` holds.
+pub fn crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(|crd| serde_yaml_ng::to_string(crd).expect("CRDs serialize to YAML"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}

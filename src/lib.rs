@@ -1,0 +1,4 @@
+//! defender-operator: pushes the file hashes of security tests that ran UNPROTECTED to Microsoft
+//! Defender for Endpoint as indicators, driven by `DefenderPartner` and `ProbeFinding` resources.
+
+pub mod api;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", defender_operator::api::crds_yaml());
+}
