@@ -2,3 +2,5 @@
 //! Defender for Endpoint as indicators, driven by `DefenderPartner` and `ProbeFinding` resources.
 
 pub mod api;
+pub mod defender;
+pub mod sandbox;

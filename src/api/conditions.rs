@@ -105,7 +105,8 @@ mod tests {
 
     #[test]
     fn same_verdict_twice_is_identical() {
-        let verdicts = [Verdict::new(READY, true, "Attached", "ok"), Verdict::new(CREDENTIALS_VALID, true, "Valid", "ok")];
+        let verdicts =
+            [Verdict::new(READY, true, "Attached", "ok"), Verdict::new(CREDENTIALS_VALID, true, "Valid", "ok")];
         let first = merge(&[], &verdicts, Some(1), &at(100));
         let second = merge(&first, &verdicts, Some(1), &at(500));
         assert_eq!(first, second);

@@ -248,11 +248,7 @@ impl ProbeFinding {
 
     /// When the probe observed the result: `spec.observedTime`, else the creation time.
     pub fn observed_time(&self) -> Option<jiff::Timestamp> {
-        self.spec
-            .observed_time
-            .as_ref()
-            .or(self.metadata.creation_timestamp.as_ref())
-            .map(|t| t.0)
+        self.spec.observed_time.as_ref().or(self.metadata.creation_timestamp.as_ref()).map(|t| t.0)
     }
 
     /// The indicators, validated again (the schema may be older than the operator) and canonical.
@@ -267,7 +263,9 @@ impl ProbeFinding {
         let mut keys: Vec<IndicatorKey> = indicators
             .iter()
             .enumerate()
-            .map(|(index, indicator)| canonical(indicator).map_err(|message| InvalidFinding::Indicator { index, message }))
+            .map(|(index, indicator)| {
+                canonical(indicator).map_err(|message| InvalidFinding::Indicator { index, message })
+            })
             .collect::<Result<_, _>>()?;
         keys.sort();
         keys.dedup();
@@ -292,14 +290,18 @@ fn canonical(indicator: &IndicatorSpec) -> Result<IndicatorKey, String> {
         }
         None => match type_ {
             IndicatorType::IpAddress => {
-                value.parse::<std::net::IpAddr>().map_err(|_| format!("{:?} is not an IP address", truncate(value, 80)))?;
+                value
+                    .parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("{:?} is not an IP address", truncate(value, 80)))?;
                 value.to_string()
             }
             IndicatorType::DomainName => {
                 let valid = !value.is_empty()
                     && value.len() <= 253
                     && value.split('.').all(|label| {
-                        !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        !label.is_empty()
+                            && label.len() <= 63
+                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                     });
                 if !valid {
                     return Err(format!("{:?} is not a domain name", truncate(value, 80)));
@@ -381,7 +383,9 @@ mod tests {
 
     #[test]
     fn wrong_hash_length_names_the_field() {
-        let err = finding(None, Some(101), vec![sha256(&"a".repeat(64)), sha256(&"b".repeat(40))]).indicator_keys().unwrap_err();
+        let err = finding(None, Some(101), vec![sha256(&"a".repeat(64)), sha256(&"b".repeat(40))])
+            .indicator_keys()
+            .unwrap_err();
         assert!(matches!(err, InvalidFinding::Indicator { index: 1, .. }));
         assert!(err.to_string().starts_with("spec.indicators[1].value"), "{err}");
         assert!(err.to_string().contains("64 hex"), "{err}");
@@ -397,7 +401,15 @@ mod tests {
     #[test]
     fn other_types_are_checked() {
         let of = |type_, value: &str| IndicatorSpec { type_, value: value.into(), file: None };
-        let ok = finding(None, Some(101), vec![of(IndicatorType::IpAddress, "10.0.0.1"), of(IndicatorType::DomainName, "Evil.Example.com"), of(IndicatorType::Url, "https://x.test/a")]);
+        let ok = finding(
+            None,
+            Some(101),
+            vec![
+                of(IndicatorType::IpAddress, "10.0.0.1"),
+                of(IndicatorType::DomainName, "Evil.Example.com"),
+                of(IndicatorType::Url, "https://x.test/a"),
+            ],
+        );
         let keys = ok.indicator_keys().unwrap();
         assert!(keys.iter().any(|k| k.value == "evil.example.com"));
         assert!(finding(None, Some(101), vec![of(IndicatorType::IpAddress, "10.0.0.0/8")]).indicator_keys().is_err());

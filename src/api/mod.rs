@@ -6,12 +6,12 @@ pub mod finding;
 pub mod partner;
 
 pub use finding::{
-    Delivery, DeliveryState, IndicatorSpec, IndicatorType, ProbeFinding, ProbeFindingSpec,
-    ProbeFindingStatus, TestState,
+    Delivery, DeliveryState, IndicatorSpec, IndicatorType, ProbeFinding, ProbeFindingSpec, ProbeFindingStatus,
+    TestState,
 };
 pub use partner::{
-    Cloud, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy,
-    IndicatorAction, PartnerState, Severity,
+    Cloud, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy, IndicatorAction, PartnerState,
+    Severity,
 };
 
 pub const GROUP: &str = "detect.dev";
@@ -21,8 +21,7 @@ pub const FINALIZER: &str = "detect.dev/indicators";
 pub const MANAGER: &str = "defender-operator";
 
 /// All CRDs the operator serves, in the order `crd` prints them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![DefenderPartner::crd(), ProbeFinding::crd()]
 }

@@ -249,6 +249,10 @@ pub struct TenantQuota {
 impl DefenderPartner {
     /// The marker written into `externalId` of every indicator this partner owns.
     pub fn owner_marker(&self) -> String {
-        format!("{}/{}", self.metadata.namespace.as_deref().unwrap_or_default(), self.metadata.name.as_deref().unwrap_or_default())
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
     }
 }

@@ -1,0 +1,38 @@
+//! The Entra + Defender for Endpoint client. Knows nothing of Kubernetes.
+//!
+//! One [`DefenderClient`] per partner (tenant + app + API host) owns all traffic for it: the
+//! token cache, the host allow-list check, and the shared per-(tenant, app, endpoint class) rate
+//! limiter. Errors carry a stable PascalCase [`DefenderError::reason`] used for conditions,
+//! events and metric labels.
+//!
+//! INTERFACE CONTRACT: the signatures below are used by the controllers and the tests; the
+//! bodies are being filled in.
+
+pub mod allowlist;
+pub mod client;
+pub mod cloud;
+pub mod error;
+pub mod indicators;
+pub mod jwt;
+pub mod ratelimit;
+pub mod token;
+
+pub use allowlist::{AllowList, HostPolicy};
+pub use client::{DefenderClient, Validation};
+pub use cloud::CloudEndpoints;
+pub use error::DefenderError;
+pub use indicators::{BatchDeleteOutcome, ImportResult, Indicator, NewIndicator};
+pub use jwt::Claims;
+pub use ratelimit::{EndpointClass, RateLimiter, RateLimits};
+pub use token::{AccessToken, Credentials};
+
+/// Roles that allow writing indicators (`Ti.ReadWrite` only sees its own).
+pub const TI_WRITE_ROLES: [&str; 2] = ["Ti.ReadWrite.All", "Ti.ReadWrite"];
+/// Roles reported when missing, never required.
+pub const OPTIONAL_ROLES: [&str; 2] = ["Machine.Read.All", "Alert.Read.All"];
+/// The `application` field of every indicator the operator creates.
+pub const APPLICATION: &str = "defender-operator";
+/// Defender's fixed cap of active indicators per tenant.
+pub const TENANT_INDICATOR_CAP: usize = 15_000;
+/// Largest import / BatchDelete call Defender accepts.
+pub const MAX_BATCH: usize = 500;

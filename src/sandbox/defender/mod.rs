@@ -1,0 +1,1 @@
+//! Defender/Entra emulator (being written).
