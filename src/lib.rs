@@ -2,5 +2,8 @@
 //! Defender for Endpoint as indicators, driven by `DefenderPartner` and `ProbeFinding` resources.
 
 pub mod api;
+pub mod cli;
+pub mod controller;
 pub mod defender;
 pub mod sandbox;
+pub mod telemetry;

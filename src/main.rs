@@ -1,3 +1,4 @@
-fn main() {
-    print!("{}", defender_operator::api::crds_yaml());
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    defender_operator::cli::main().await
 }

@@ -1,0 +1,98 @@
+//! The command line: `run` (the operator), `crd` (print the CRDs).
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::controller;
+use crate::defender::{AllowList, HostPolicy};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "defender-operator",
+    version,
+    about = "Push UNPROTECTED security-test findings to Microsoft Defender for Endpoint as indicators"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator against the cluster in KUBECONFIG (or in-cluster config).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML (what crds/ holds).
+    Crd,
+    /// Run the whole job on the embedded sandbox: a Kubernetes API server, a Defender/Entra
+    /// emulator, the CRDs, the operator and the examples. No cluster or tenant needed.
+    Sandbox(crate::sandbox::demo::SandboxArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Watch this namespace only (namespaced install); default: all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Extra hosts the bearer token may be sent to, comma-separated (e.g. `http://127.0.0.1:*`,
+    /// `https://*.example.com`); Microsoft's Defender hosts are always allowed.
+    #[arg(long, env = "DEFENDER_API_ALLOWLIST", value_delimiter = ',')]
+    pub api_allowlist: Vec<String>,
+    /// Replaces the cloud's Entra login host (for emulators).
+    #[arg(long, env = "DEFENDER_AUTHORITY_URL")]
+    pub authority_url: Option<url::Url>,
+    /// Address of the metrics and health server.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    pub fn controller_config(&self) -> anyhow::Result<controller::Config> {
+        let allowlist = AllowList::new(&self.api_allowlist).map_err(|e| anyhow::anyhow!("--api-allowlist: {e}"))?;
+        Ok(controller::Config {
+            namespace: self.namespace.clone(),
+            host_policy: HostPolicy { allowlist, authority_override: self.authority_url.clone() },
+            ..Default::default()
+        })
+    }
+}
+
+pub async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crate::api::crds_yaml());
+            Ok(())
+        }
+        Command::Sandbox(args) => {
+            telemetry::init(LogFormat::Text);
+            crate::sandbox::demo::run(args).await
+        }
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let config = args.controller_config()?;
+            let client = kube::Client::try_default().await?;
+            let metrics = std::sync::Arc::new(telemetry::Metrics::default());
+            let health = std::sync::Arc::new(telemetry::Health::default());
+            telemetry::serve(args.metrics_addr, metrics.clone(), health.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-addr {}: {e}", args.metrics_addr))?;
+            controller::run(client, config, metrics, health, shutdown_signal()).await;
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

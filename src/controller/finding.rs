@@ -1,0 +1,142 @@
+//! The finding reconciler: works out the effective state, validates the indicators, and writes
+//! one delivery per partner that selects the finding, from what that partner's engine holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use super::decide::{self, ValueStatus};
+use super::{Context, Error, object_key};
+use crate::api::conditions::{self, READY, Verdict};
+use crate::api::finding::ProbeFindingStatus;
+use crate::api::{DefenderPartner, Delivery, DeliveryState, MANAGER, PartnerState, ProbeFinding, TestState};
+
+pub async fn reconcile(finding: Arc<ProbeFinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile("ProbeFinding");
+    let result = reconcile_finding(&finding, &ctx).await;
+    timer.finish(result.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
+    result
+}
+
+async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result<Action, Error> {
+    let partners: Vec<Arc<DefenderPartner>> = {
+        let mut partners: Vec<_> = ctx.partners.state().into_iter().filter(|p| decide::selects(p, finding)).collect();
+        partners.sort_by_key(|p| p.name_any());
+        partners
+    };
+    let status = finding_status(finding, &partners, ctx);
+    let changed = finding.status.as_ref() != Some(&status);
+    if changed {
+        let api: Api<ProbeFinding> = Api::namespaced(ctx.client.clone(), &finding.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding", "status": status});
+        api.patch_status(&finding.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    }
+    // A new or changed finding: its partners' engines work out what to push.
+    if finding.status.as_ref().and_then(|s| s.observed_generation) != finding.metadata.generation {
+        for partner in &partners {
+            if let Some(engine) = ctx.engines.get(&partner.owner_marker()) {
+                engine.wake();
+            }
+        }
+    }
+    ctx.succeeded(&object_key(&**finding));
+    // Engines poke findings whose indicators changed; the periodic pass catches the rest
+    // (e.g. a finding that expires).
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+pub fn error_policy(finding: Arc<ProbeFinding>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.backoff(&object_key(&*finding), error)
+}
+
+fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx: &Context) -> ProbeFindingStatus {
+    let previous = finding.status.clone().unwrap_or_default();
+    let state = finding.effective_state();
+    let generation = finding.metadata.generation;
+    let now = Time(Timestamp::now());
+    let mut status = ProbeFindingStatus { state: Some(state), observed_generation: generation, ..Default::default() };
+
+    let keys = match finding.indicator_keys() {
+        Ok(keys) => keys,
+        Err(invalid) => {
+            let verdict = Verdict::new(READY, false, "InvalidFinding", format!("{invalid}; fix the finding"));
+            status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
+            return status;
+        }
+    };
+
+    if let Some(partner_ref) = &finding.spec.partner_ref
+        && partners.is_empty()
+    {
+        let verdict = Verdict::new(
+            READY,
+            false,
+            "PartnerNotFound",
+            format!(
+                "spec.partnerRef names DefenderPartner {:?}, which does not exist in this namespace",
+                partner_ref.name
+            ),
+        );
+        status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
+        return status;
+    }
+
+    let mut deliveries: Vec<Delivery> = Vec::new();
+    for partner in partners {
+        let name = partner.name_any();
+        let expired = decide::expiry(finding, &partner.spec.indicator).is_some_and(|at| at <= Timestamp::now());
+        let previous_delivery = previous.deliveries.iter().find(|d| d.partner == name);
+        let engine = ctx.engines.get(&partner.owner_marker()).filter(|e| e.ready());
+        let delivery = match &engine {
+            Some(engine) => {
+                let lookup = |key: &crate::api::finding::IndicatorKey| -> ValueStatus { engine.status_of(key) };
+                decide::delivery(&name, finding, &keys, expired, Ok(&lookup), previous_delivery)
+            }
+            None => {
+                let why = match partner.status.as_ref() {
+                    Some(s) if s.state == Some(PartnerState::Detached) => s.reason.clone().unwrap_or_default(),
+                    Some(s) if s.state == Some(PartnerState::Attached) => "its sync engine is starting".into(),
+                    _ => "not validated yet".into(),
+                };
+                decide::delivery(&name, finding, &keys, expired, Err(&why), previous_delivery)
+            }
+        };
+        let mut delivery = delivery;
+        if delivery.state == DeliveryState::Submitted && delivery.submitted_time.is_none() {
+            delivery.submitted_time = Some(now.clone());
+        }
+        deliveries.push(delivery);
+    }
+
+    let done = deliveries.iter().filter(|d| decide::delivered(d)).count();
+    status.delivered = Some(format!("{done}/{}", deliveries.len()));
+    let verdict = if deliveries.is_empty() {
+        if state == TestState::Unprotected {
+            Verdict::new(READY, false, "NoPartner", "no DefenderPartner in this namespace selects this finding")
+        } else {
+            Verdict::new(READY, true, "NothingToDeliver", format!("the test was {state:?}: nothing to push"))
+        }
+    } else if done == deliveries.len() {
+        Verdict::new(READY, true, "Delivered", "every partner holds this finding's indicators (or has nothing to hold)")
+    } else {
+        let first = deliveries.iter().find(|d| !decide::delivered(d)).expect("one is not delivered");
+        let reason = match first.state {
+            DeliveryState::Failed => "DeliveryFailed",
+            DeliveryState::Expired => "Expired",
+            _ => "Pending",
+        };
+        let message = match &first.message {
+            Some(message) => format!("partner {}: {message}", first.partner),
+            None => format!("partner {}: {:?}", first.partner, first.state),
+        };
+        Verdict::new(READY, false, reason, message)
+    };
+    status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
+    status.deliveries = deliveries;
+    status
+}

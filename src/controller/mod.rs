@@ -1,0 +1,248 @@
+//! The reconcilers: partners (attach, validate, detach) and findings (delivery status), and the
+//! per-partner sync engine that owns all Defender traffic.
+
+pub mod decide;
+mod finding;
+mod partner;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, core::PartialObjectMeta};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{info, warn};
+
+use crate::api::{DefenderPartner, ProbeFinding};
+use crate::defender::{HostPolicy, RateLimiter, RateLimits};
+use crate::telemetry::{Health, Metrics};
+use sync::{EngineConfig, Engines, Triggers};
+
+/// What `run` needs to know; built from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Watch one namespace only (a namespaced install), or all.
+    pub namespace: Option<String>,
+    pub host_policy: HostPolicy,
+    pub engine: EngineConfig,
+    pub rate_limits: Option<RateLimits>,
+    /// Name under which events are reported (the pod name in a cluster).
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Defender(#[from] crate::defender::DefenderError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApiError",
+            Error::Defender(error) => error.reason(),
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Defender(error) => error.retry_after(),
+            Error::Finalizer(inner) => match &**inner {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.retry_after()
+                }
+                _ => None,
+            },
+            Error::Kube(_) => None,
+        }
+    }
+}
+
+/// Shared by both controllers and every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub http: reqwest::Client,
+    pub limiter: Arc<RateLimiter>,
+    pub engines: Engines,
+    pub partners: Store<DefenderPartner>,
+    pub findings: Store<ProbeFinding>,
+    pub recorder: Recorder,
+    pub triggers: Triggers,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per object, for exponential backoff (kube-runtime keeps none).
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
+    }
+
+    /// Per-object exponential backoff with jitter (1 s doubling to 5 min), or `Retry-After`.
+    fn backoff(&self, key: &str, error: &Error) -> Action {
+        let attempt = {
+            let mut failures = self.failures.lock().unwrap();
+            let count = failures.entry(key.to_string()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        let delay = error.retry_after().unwrap_or_else(|| {
+            let base = 2f64.powi(attempt.min(9) as i32 - 1).min(300.0);
+            Duration::from_secs_f64(base * (0.8 + rand::random::<f64>() * 0.4))
+        });
+        Action::requeue(delay)
+    }
+}
+
+fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until `shutdown` resolves; `health` turns ready once both caches are
+/// synced.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let (finding_tx, finding_rx) = mpsc::unbounded_channel();
+    let (partner_tx, partner_rx) = mpsc::unbounded_channel();
+
+    let partner_controller =
+        Controller::new(scoped::<DefenderPartner>(&client, &config.namespace), watcher::Config::default());
+    let partners = partner_controller.store();
+    let secret_index = partners.clone();
+    let partner_controller = partner_controller
+        // Metadata only: a Secret's change re-validates the partners that use it, which then
+        // read the one Secret they need.
+        .watches(
+            scoped::<PartialObjectMeta<Secret>>(&client, &config.namespace),
+            watcher::Config::default(),
+            move |secret| partners_using(&secret_index, &secret),
+        )
+        .reconcile_on(UnboundedReceiverStream::new(partner_rx))
+        .graceful_shutdown_on(shutdown.clone());
+
+    let finding_controller =
+        Controller::new(scoped::<ProbeFinding>(&client, &config.namespace), watcher::Config::default())
+            .reconcile_on(UnboundedReceiverStream::new(finding_rx))
+            .graceful_shutdown_on(shutdown.clone());
+    let findings = finding_controller.store();
+
+    let reporter = Reporter {
+        controller: crate::api::MANAGER.into(),
+        instance: config.instance.clone().or_else(|| std::env::var("HOSTNAME").ok()),
+    };
+    let limiter = Arc::new(RateLimiter::new(config.rate_limits.clone().unwrap_or_default()));
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client builds"),
+        limiter,
+        engines: Engines::default(),
+        partners,
+        findings,
+        triggers: Triggers { findings: finding_tx, partners: partner_tx },
+        failures: Mutex::default(),
+        metrics,
+        config,
+    });
+    let (partner_cache, finding_cache) = (ctx.partners.clone(), ctx.findings.clone());
+    tokio::spawn(async move {
+        if partner_cache.wait_until_ready().await.is_ok() && finding_cache.wait_until_ready().await.is_ok() {
+            health.set_ready(true);
+        }
+    });
+
+    info!(namespace = ctx.config.namespace.as_deref().unwrap_or("<all>"), "controllers starting");
+    let partner_ctx = ctx.clone();
+    let partners = partner_controller.run(partner::reconcile, partner::error_policy, ctx.clone()).for_each(|result| {
+        if let Err(error) = result {
+            log_controller_error("DefenderPartner", &error);
+        }
+        let _ = &partner_ctx;
+        futures::future::ready(())
+    });
+    let finding_ctx = ctx.clone();
+    let findings = finding_controller.run(finding::reconcile, finding::error_policy, ctx).for_each(move |result| {
+        match result {
+            // A finding went away: its partners' engines recompute what to withdraw.
+            Err(kube::runtime::controller::Error::ObjectNotFound(gone)) => {
+                if let Some(namespace) = &gone.namespace {
+                    finding_ctx.engines.wake_namespace(namespace);
+                }
+            }
+            Err(error) => log_controller_error("ProbeFinding", &error),
+            Ok(_) => {}
+        }
+        futures::future::ready(())
+    });
+    futures::join!(partners, findings);
+    info!("controllers stopped");
+}
+
+fn partners_using(
+    partners: &Store<DefenderPartner>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<DefenderPartner>> {
+    partners
+        .state()
+        .iter()
+        .filter(|p| {
+            p.metadata.namespace == secret.metadata.namespace
+                && Some(&p.spec.credentials.secret_ref.name) == secret.metadata.name.as_ref()
+        })
+        .map(|p| ObjectRef::from_obj(&**p))
+        .collect()
+}
+
+fn log_controller_error<E: std::error::Error, W: std::error::Error>(
+    kind: &str,
+    error: &kube::runtime::controller::Error<E, W>,
+) {
+    match error {
+        kube::runtime::controller::Error::ObjectNotFound(_) => {}
+        kube::runtime::controller::Error::ReconcilerFailed(error, object) => {
+            warn!(kind, object = %object, %error, "reconcile failed")
+        }
+        other => warn!(kind, error = %other, "controller error"),
+    }
+}

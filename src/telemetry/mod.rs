@@ -1,0 +1,27 @@
+//! Logs, Prometheus metrics and the health server (`/healthz`, `/readyz`, `/metrics`).
+//! Secrets never reach a log line: credentials and tokens have redacting `Debug`.
+
+pub mod metrics;
+mod server;
+
+pub use metrics::Metrics;
+pub use server::{Health, serve};
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(false)).try_init(),
+        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+    };
+}
