@@ -1,0 +1,181 @@
+//! DefenderPartner against the sandbox: attach, every bad-credential case, rotation, suspend,
+//! events. The operator runs under the RBAC of deploy/.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use defender_operator::api::conditions::{CREDENTIALS_VALID, INDICATORS_SYNCED, PERMISSIONS_GRANTED, READY, find};
+use defender_operator::api::{DefenderPartner, FINALIZER, PartnerState};
+use defender_operator::sandbox::defender::sandbox_values as sv;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+#[tokio::test]
+async fn good_credentials_attach_with_every_condition_true() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+
+    let partner = world.attached("default", "defender").await;
+    let partner = world
+        .wait_for("default", "defender", WAIT, |p: &DefenderPartner| {
+            p.status.as_ref().is_some_and(|s| defender_operator::api::conditions::is_true(&s.conditions, INDICATORS_SYNCED))
+        })
+        .await
+        .unwrap_or(partner);
+    let status = partner.status.unwrap();
+    assert_eq!(status.tenant_id.as_deref(), Some(sv::TENANT_ID));
+    assert_eq!(status.client_id.as_deref(), Some(sv::GOOD_APP_ID));
+    assert_eq!(status.reason.as_deref(), Some("Attached"));
+    assert!(status.granted_permissions.contains(&"Ti.ReadWrite.All".to_string()));
+    assert_eq!(status.observed_generation, partner.metadata.generation);
+    for type_ in [READY, CREDENTIALS_VALID, PERMISSIONS_GRANTED, INDICATORS_SYNCED] {
+        let condition = find(&status.conditions, type_).unwrap_or_else(|| panic!("{type_} missing"));
+        assert_eq!(condition.status, "True", "{type_}: {condition:?}");
+        assert_eq!(condition.observed_generation, partner.metadata.generation, "{type_}");
+    }
+    assert_eq!(status.credentials_hash.as_ref().map(|h| h.len()), Some(64));
+    assert!(partner.metadata.finalizers.unwrap_or_default().contains(&FINALIZER.to_string()));
+}
+
+#[tokio::test]
+async fn each_bad_credential_case_detaches_with_its_reason() {
+    let world = world().await;
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        ("wrong-secret", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "not-the-secret")], "InvalidSecret"),
+        ("unknown-app", vec![("tenantId", sv::TENANT_ID), ("clientId", "deadbeef-0000-4000-8000-000000000000"), ("clientSecret", "x")], "AppNotFound"),
+        ("unknown-tenant", vec![("tenantId", sv::UNKNOWN_TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", sv::GOOD_APP_SECRET)], "TenantNotFound"),
+        ("expired-secret", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::EXPIRED_SECRET_APP_ID), ("clientSecret", sv::EXPIRED_SECRET_APP_SECRET)], "SecretExpired"),
+        ("no-ti-role", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::MACHINE_ONLY_APP_ID), ("clientSecret", sv::MACHINE_ONLY_APP_SECRET)], "MissingPermission"),
+        ("no-consent", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::NO_ROLES_APP_ID), ("clientSecret", sv::NO_ROLES_APP_SECRET)], "MissingPermission"),
+        ("no-defender", vec![("tenantId", sv::NO_DEFENDER_TENANT_ID), ("clientId", sv::NO_DEFENDER_APP_ID), ("clientSecret", sv::NO_DEFENDER_APP_SECRET)], "DefenderNotProvisioned"),
+        ("missing-keys", vec![("clientId", sv::GOOD_APP_ID)], "SecretKeyMissing"),
+    ];
+    for (name, data, _) in &cases {
+        world.secret("default", name, data).await;
+        world.partner("default", name, name, json!({})).await;
+    }
+    world.partner("default", "no-secret", "does-not-exist", json!({})).await;
+
+    for (name, _, reason) in &cases {
+        let partner = world.detached_with("default", name, reason).await;
+        let status = partner.status.unwrap();
+        let ready = find(&status.conditions, READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", *reason), "{name}");
+        assert!(!status.message.unwrap_or_default().is_empty(), "{name} explains itself");
+    }
+    let missing = world.detached_with("default", "missing-keys", "SecretKeyMissing").await;
+    let message = missing.status.unwrap().message.unwrap();
+    assert!(message.contains("tenantId") && message.contains("clientSecret"), "all missing keys at once: {message}");
+    world.detached_with("default", "no-secret", "SecretNotFound").await;
+
+    let no_role = world.detached_with("default", "no-ti-role", "MissingPermission").await.status.unwrap();
+    assert!(no_role.missing_permissions.iter().any(|p| p.starts_with("Ti.ReadWrite")), "{no_role:?}");
+    // Credentials are fine, the grant is not.
+    assert_eq!(find(&no_role.conditions, CREDENTIALS_VALID).unwrap().status, "True");
+    assert_eq!(find(&no_role.conditions, PERMISSIONS_GRANTED).unwrap().status, "False");
+}
+
+#[tokio::test]
+async fn an_api_host_off_the_allow_list_gets_no_token() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    // Same emulator, reached by a name the operator's allow-list (http://127.0.0.1:*) does not hold.
+    let port = world.defender.url().port().unwrap();
+    world.partner("default", "elsewhere", "creds", json!({"api": format!("http://localhost:{port}")})).await;
+    world.partner("default", "evil", "creds", json!({"api": "https://api.securitycenter.microsoft.com.evil.example"})).await;
+
+    world.detached_with("default", "elsewhere", "ApiHostNotAllowed").await;
+    world.detached_with("default", "evil", "ApiHostNotAllowed").await;
+    let leaked: Vec<_> = world.defender.calls().into_iter().filter(|c| c.bearer && !c.host.starts_with("127.0.0.1")).collect();
+    assert!(leaked.is_empty(), "a token went to a host that is not allowed: {leaked:?}");
+}
+
+#[tokio::test]
+async fn secret_rotation_revalidates_and_fixing_it_attaches_without_touching_the_partner() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    let attached = world.attached("default", "defender").await;
+    let generation = attached.metadata.generation;
+
+    // Rotated to a wrong value: noticed through the Secret watch, not the hourly re-validation.
+    world
+        .secret("default", "creds", &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "rotated-wrong")])
+        .await;
+    let broken = world.detached_with("default", "defender", "InvalidSecret").await;
+    assert_ne!(broken.status.unwrap().credentials_hash, attached.status.unwrap().credentials_hash);
+
+    // Fixed: Attached again, and the partner object itself was never edited.
+    world.good_secret("default", "creds").await;
+    let fixed = world.attached("default", "defender").await;
+    assert_eq!(fixed.metadata.generation, generation);
+
+    // Deleted: detached at once.
+    let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), "default");
+    secrets.delete("creds", &DeleteParams::default()).await.unwrap();
+    world.detached_with("default", "defender", "SecretNotFound").await;
+}
+
+#[tokio::test]
+async fn suspend_detaches_and_resume_attaches() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.attached("default", "defender").await;
+
+    world.partner("default", "defender", "creds", json!({"suspend": true})).await;
+    world.detached_with("default", "defender", "Suspended").await;
+    world.partner("default", "defender", "creds", json!({"suspend": false})).await;
+    world.attached("default", "defender").await;
+}
+
+#[tokio::test]
+async fn events_are_published_on_transitions_only() {
+    let world = world().await;
+    world.secret("default", "creds", &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "wrong")]).await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.detached_with("default", "defender", "InvalidSecret").await;
+    world.good_secret("default", "creds").await;
+    world.attached("default", "defender").await;
+
+    let events: Api<Event> = Api::namespaced(world.admin.clone(), "default");
+    let reasons = || async {
+        let mut reasons: Vec<(String, String)> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("defender"))
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+            .collect();
+        reasons.sort();
+        reasons
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = reasons().await;
+        if seen.contains(&("Normal".into(), "Attached".into())) {
+            assert!(seen.contains(&("Warning".into(), "InvalidSecret".into())), "{seen:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "events seen: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing changes from here: no new events on further passes.
+    let before = reasons().await;
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    partners
+        .patch("defender", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(reasons().await, before);
+    assert_eq!(partners.get("defender").await.unwrap().status.unwrap().state, Some(PartnerState::Attached));
+}
