@@ -171,11 +171,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client builds"),
+        http: crate::defender::client::default_http_client(),
         limiter,
         engines: Engines::default(),
         partners,

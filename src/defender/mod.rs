@@ -18,7 +18,7 @@ pub mod ratelimit;
 pub mod token;
 
 pub use allowlist::{AllowList, HostPolicy};
-pub use client::{DefenderClient, Validation};
+pub use client::{ClientOptions, DefenderClient, Validation, default_http_client};
 pub use cloud::CloudEndpoints;
 pub use error::DefenderError;
 pub use indicators::{BatchDeleteOutcome, ImportResult, Indicator, NewIndicator};
