@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use defender_operator::api::conditions::{READY, find};
 use defender_operator::api::{DefenderPartner, DeliveryState, ProbeFinding};
-use defender_operator::sandbox::defender::sandbox_values as sv;
 use defender_operator::sandbox::defender::Endpoint;
+use defender_operator::sandbox::defender::sandbox_values as sv;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::DeleteParams;
@@ -27,7 +27,14 @@ async fn unprotected_findings_are_pushed_once_with_the_partner_settings() {
     world.attached("default", "defender").await;
 
     let (by_state, by_code) = (sha256(1), sha256(2));
-    world.finding("default", "by-state", &[by_state.to_uppercase()], json!({"state": "UNPROTECTED", "observedTime": "2030-01-01T00:00:00Z"})).await;
+    world
+        .finding(
+            "default",
+            "by-state",
+            &[by_state.to_uppercase()],
+            json!({"state": "UNPROTECTED", "observedTime": "2030-01-01T00:00:00Z"}),
+        )
+        .await;
     world.finding("default", "by-code", &[by_code.clone()], json!({"code": 101})).await;
 
     for name in ["by-state", "by-code"] {
@@ -42,8 +49,16 @@ async fn unprotected_findings_are_pushed_once_with_the_partner_settings() {
     }
 
     let indicators = world.indicators();
-    assert_eq!(world.indicator_values(sv::TENANT_ID), vec![by_state.clone(), by_code.clone()].into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
-    let pushed = indicators.iter().find(|i| i["indicatorValue"].as_str().unwrap().eq_ignore_ascii_case(&by_state)).unwrap();
+    assert_eq!(
+        world.indicator_values(sv::TENANT_ID),
+        vec![by_state.clone(), by_code.clone()]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    let pushed =
+        indicators.iter().find(|i| i["indicatorValue"].as_str().unwrap().eq_ignore_ascii_case(&by_state)).unwrap();
     assert_eq!(pushed["indicatorValue"], by_state, "stored lower-case");
     assert_eq!(pushed["indicatorType"], "FileSha256");
     assert_eq!(pushed["action"], "Audit");
@@ -60,7 +75,10 @@ async fn unprotected_findings_are_pushed_once_with_the_partner_settings() {
     world.defender.clear_calls();
     world.operator = Some(world.start_operator());
     world.attached("default", "defender").await;
-    eventually("engine re-read Defender", WAIT, || world.defender.calls().iter().any(|c| c.endpoint == Endpoint::ListIndicators)).await;
+    eventually("engine re-read Defender", WAIT, || {
+        world.defender.calls().iter().any(|c| c.endpoint == Endpoint::ListIndicators)
+    })
+    .await;
     world.ready_finding("default", "by-state").await;
     assert_eq!(world.indicators().len(), 2);
     let writes: Vec<_> = world
@@ -97,7 +115,11 @@ async fn two_partners_both_get_it_and_selection_is_respected() {
     let world = world().await;
     world.good_secret("default", "creds").await;
     world
-        .secret("default", "creds2", &[("tenantId", sv::TENANT2_ID), ("clientId", sv::TENANT2_APP_ID), ("clientSecret", sv::TENANT2_APP_SECRET)])
+        .secret(
+            "default",
+            "creds2",
+            &[("tenantId", sv::TENANT2_ID), ("clientId", sv::TENANT2_APP_ID), ("clientSecret", sv::TENANT2_APP_SECRET)],
+        )
         .await;
     world.partner("default", "first", "creds", json!({})).await;
     world.partner("default", "second", "creds2", json!({"findingSelector": {"matchLabels": {"team": "red"}}})).await;
@@ -108,11 +130,17 @@ async fn two_partners_both_get_it_and_selection_is_respected() {
     world.finding("default", "red", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     let findings: Api<ProbeFinding> = Api::namespaced(world.admin.clone(), "default");
     findings
-        .patch("red", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"metadata": {"labels": {"team": "red"}}})))
+        .patch(
+            "red",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"team": "red"}}})),
+        )
         .await
         .unwrap();
     world.finding("default", "plain", &[sha256(2)], json!({"state": "UNPROTECTED"})).await;
-    world.finding("default", "pinned", &[sha256(3)], json!({"state": "UNPROTECTED", "partnerRef": {"name": "second"}})).await;
+    world
+        .finding("default", "pinned", &[sha256(3)], json!({"state": "UNPROTECTED", "partnerRef": {"name": "second"}}))
+        .await;
     // Pinned findings still need the selector of the partner they name.
     let red_label = json!({"metadata": {"labels": {"team": "red"}}});
     findings.patch("pinned", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(red_label)).await.unwrap();
@@ -173,7 +201,10 @@ async fn delete_policy_withdraws_with_the_finding_and_with_the_partner() {
 
     let findings: Api<ProbeFinding> = Api::namespaced(world.admin.clone(), "default");
     findings.delete("a", &DeleteParams::default()).await.unwrap();
-    eventually("indicator of the deleted finding withdrawn", WAIT, || world.indicator_values(sv::TENANT_ID) == vec![sha256(2)]).await;
+    eventually("indicator of the deleted finding withdrawn", WAIT, || {
+        world.indicator_values(sv::TENANT_ID) == vec![sha256(2)]
+    })
+    .await;
 
     let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
     partners.delete("defender", &DeleteParams::default()).await.unwrap();
@@ -215,9 +246,13 @@ async fn the_finalizer_never_hangs_when_the_secret_is_gone() {
     // The indicator could not be withdrawn, and a Warning says so.
     assert_eq!(world.indicators().len(), 1);
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(world.admin.clone(), "default");
-    let warned = events.list(&Default::default()).await.unwrap().items.into_iter().any(|e| {
-        e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("IndicatorsNotWithdrawn")
-    });
+    let warned = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("IndicatorsNotWithdrawn"));
     assert!(warned, "a Warning event explains the indicators left behind");
 }
 
@@ -234,7 +269,14 @@ async fn an_invalid_finding_gets_a_clear_condition_and_blocks_nothing() {
                  "indicators": [{"type": "FileSha256", "value": sha256(1)}, {"type": "IpAddress", "value": "999.1.1.1"}]}});
     findings.patch("bad", &kube::api::PatchParams::apply("test"), &kube::api::Patch::Apply(&bad)).await.unwrap();
     world.finding("default", "good", &[sha256(2)], json!({"state": "UNPROTECTED"})).await;
-    world.finding("default", "missing-partner", &[sha256(3)], json!({"state": "UNPROTECTED", "partnerRef": {"name": "nope"}})).await;
+    world
+        .finding(
+            "default",
+            "missing-partner",
+            &[sha256(3)],
+            json!({"state": "UNPROTECTED", "partnerRef": {"name": "nope"}}),
+        )
+        .await;
 
     world.ready_finding("default", "good").await;
     let bad = world

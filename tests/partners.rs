@@ -24,7 +24,9 @@ async fn good_credentials_attach_with_every_condition_true() {
     let partner = world.attached("default", "defender").await;
     let partner = world
         .wait_for("default", "defender", WAIT, |p: &DefenderPartner| {
-            p.status.as_ref().is_some_and(|s| defender_operator::api::conditions::is_true(&s.conditions, INDICATORS_SYNCED))
+            p.status
+                .as_ref()
+                .is_some_and(|s| defender_operator::api::conditions::is_true(&s.conditions, INDICATORS_SYNCED))
         })
         .await
         .unwrap_or(partner);
@@ -47,13 +49,65 @@ async fn good_credentials_attach_with_every_condition_true() {
 async fn each_bad_credential_case_detaches_with_its_reason() {
     let world = world().await;
     let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
-        ("wrong-secret", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "not-the-secret")], "InvalidSecret"),
-        ("unknown-app", vec![("tenantId", sv::TENANT_ID), ("clientId", "deadbeef-0000-4000-8000-000000000000"), ("clientSecret", "x")], "AppNotFound"),
-        ("unknown-tenant", vec![("tenantId", sv::UNKNOWN_TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", sv::GOOD_APP_SECRET)], "TenantNotFound"),
-        ("expired-secret", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::EXPIRED_SECRET_APP_ID), ("clientSecret", sv::EXPIRED_SECRET_APP_SECRET)], "SecretExpired"),
-        ("no-ti-role", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::MACHINE_ONLY_APP_ID), ("clientSecret", sv::MACHINE_ONLY_APP_SECRET)], "MissingPermission"),
-        ("no-consent", vec![("tenantId", sv::TENANT_ID), ("clientId", sv::NO_ROLES_APP_ID), ("clientSecret", sv::NO_ROLES_APP_SECRET)], "MissingPermission"),
-        ("no-defender", vec![("tenantId", sv::NO_DEFENDER_TENANT_ID), ("clientId", sv::NO_DEFENDER_APP_ID), ("clientSecret", sv::NO_DEFENDER_APP_SECRET)], "DefenderNotProvisioned"),
+        (
+            "wrong-secret",
+            vec![("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "not-the-secret")],
+            "InvalidSecret",
+        ),
+        (
+            "unknown-app",
+            vec![
+                ("tenantId", sv::TENANT_ID),
+                ("clientId", "deadbeef-0000-4000-8000-000000000000"),
+                ("clientSecret", "x"),
+            ],
+            "AppNotFound",
+        ),
+        (
+            "unknown-tenant",
+            vec![
+                ("tenantId", sv::UNKNOWN_TENANT_ID),
+                ("clientId", sv::GOOD_APP_ID),
+                ("clientSecret", sv::GOOD_APP_SECRET),
+            ],
+            "TenantNotFound",
+        ),
+        (
+            "expired-secret",
+            vec![
+                ("tenantId", sv::TENANT_ID),
+                ("clientId", sv::EXPIRED_SECRET_APP_ID),
+                ("clientSecret", sv::EXPIRED_SECRET_APP_SECRET),
+            ],
+            "SecretExpired",
+        ),
+        (
+            "no-ti-role",
+            vec![
+                ("tenantId", sv::TENANT_ID),
+                ("clientId", sv::MACHINE_ONLY_APP_ID),
+                ("clientSecret", sv::MACHINE_ONLY_APP_SECRET),
+            ],
+            "MissingPermission",
+        ),
+        (
+            "no-consent",
+            vec![
+                ("tenantId", sv::TENANT_ID),
+                ("clientId", sv::NO_ROLES_APP_ID),
+                ("clientSecret", sv::NO_ROLES_APP_SECRET),
+            ],
+            "MissingPermission",
+        ),
+        (
+            "no-defender",
+            vec![
+                ("tenantId", sv::NO_DEFENDER_TENANT_ID),
+                ("clientId", sv::NO_DEFENDER_APP_ID),
+                ("clientSecret", sv::NO_DEFENDER_APP_SECRET),
+            ],
+            "DefenderNotProvisioned",
+        ),
         ("missing-keys", vec![("clientId", sv::GOOD_APP_ID)], "SecretKeyMissing"),
     ];
     for (name, data, _) in &cases {
@@ -88,11 +142,14 @@ async fn an_api_host_off_the_allow_list_gets_no_token() {
     // Same emulator, reached by a name the operator's allow-list (http://127.0.0.1:*) does not hold.
     let port = world.defender.url().port().unwrap();
     world.partner("default", "elsewhere", "creds", json!({"api": format!("http://localhost:{port}")})).await;
-    world.partner("default", "evil", "creds", json!({"api": "https://api.securitycenter.microsoft.com.evil.example"})).await;
+    world
+        .partner("default", "evil", "creds", json!({"api": "https://api.securitycenter.microsoft.com.evil.example"}))
+        .await;
 
     world.detached_with("default", "elsewhere", "ApiHostNotAllowed").await;
     world.detached_with("default", "evil", "ApiHostNotAllowed").await;
-    let leaked: Vec<_> = world.defender.calls().into_iter().filter(|c| c.bearer && !c.host.starts_with("127.0.0.1")).collect();
+    let leaked: Vec<_> =
+        world.defender.calls().into_iter().filter(|c| c.bearer && !c.host.starts_with("127.0.0.1")).collect();
     assert!(leaked.is_empty(), "a token went to a host that is not allowed: {leaked:?}");
 }
 
@@ -106,7 +163,11 @@ async fn secret_rotation_revalidates_and_fixing_it_attaches_without_touching_the
 
     // Rotated to a wrong value: noticed through the Secret watch, not the hourly re-validation.
     world
-        .secret("default", "creds", &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "rotated-wrong")])
+        .secret(
+            "default",
+            "creds",
+            &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "rotated-wrong")],
+        )
         .await;
     let broken = world.detached_with("default", "defender", "InvalidSecret").await;
     assert_ne!(broken.status.unwrap().credentials_hash, attached.status.unwrap().credentials_hash);
@@ -138,7 +199,13 @@ async fn suspend_detaches_and_resume_attaches() {
 #[tokio::test]
 async fn events_are_published_on_transitions_only() {
     let world = world().await;
-    world.secret("default", "creds", &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "wrong")]).await;
+    world
+        .secret(
+            "default",
+            "creds",
+            &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "wrong")],
+        )
+        .await;
     world.partner("default", "defender", "creds", json!({})).await;
     world.detached_with("default", "defender", "InvalidSecret").await;
     world.good_secret("default", "creds").await;

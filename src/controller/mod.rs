@@ -171,7 +171,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        http: crate::defender::client::default_http_client(),
+        http: crate::defender::client::default_http_client().expect("the HTTP client builds (TLS roots load)"),
         limiter,
         engines: Engines::default(),
         partners,

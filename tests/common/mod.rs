@@ -53,7 +53,8 @@ impl World {
         let api: Api<Secret> = Api::namespaced(self.admin.clone(), namespace);
         let string_data: serde_json::Map<String, Value> =
             data.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": string_data});
+        let secret =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": string_data});
         api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&secret)).await.expect("secret applied");
     }
 

@@ -1,1 +1,197 @@
-//! Embedded Kubernetes API server (being written).
+//! Embedded Kubernetes API server: HTTP on loopback, state in memory, behaving like kube-apiserver
+//! closely enough for kube-rs clients/controllers and `kubectl`.
+//!
+//! Layout: [`routes`] parses requests and dispatches, [`ops`] implements the verbs over the
+//! [`store`], [`watch`] streams changes, [`patch`]/[`apply`] implement patches and server-side
+//! apply, [`schema`]/[`cel`] prune, default and validate custom resources, [`rbac`] authorises,
+//! [`discovery`] and [`table`] serve what kubectl needs.
+
+pub mod apply;
+pub mod cel;
+pub mod discovery;
+pub mod error;
+pub mod ops;
+pub mod patch;
+pub mod rbac;
+pub mod registry;
+pub mod routes;
+pub mod schema;
+pub mod selectors;
+mod serve;
+pub mod store;
+pub mod table;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use rbac::User;
+use registry::ResourceDef;
+use store::Store;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ApiServerConfig {
+    /// How many change events are kept for watches that resume from a resourceVersion; older
+    /// resourceVersions get 410 Gone (`Expired`).
+    pub watch_history: usize,
+    /// How often a watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one.
+    pub bookmark_interval: Duration,
+    /// The Kubernetes version reported by `/version`.
+    pub minor_version: u32,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig { watch_history: 1000, bookmark_interval: Duration::from_secs(5), minor_version: 33 }
+    }
+}
+
+pub(crate) struct Inner {
+    pub config: ApiServerConfig,
+    pub store: Mutex<Store>,
+    pub builtins: Vec<ResourceDef>,
+    pub tokens: Mutex<HashMap<String, User>>,
+    pub admin_token: String,
+    pub addr: SocketAddr,
+    pub cancel: CancellationToken,
+    /// PEM of the self-signed serving certificate (HTTPS on the same port).
+    pub cert_pem: String,
+}
+
+impl Inner {
+    /// The resource served at group/version/plural.
+    pub fn lookup(&self, st: &Store, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
+        self.builtins
+            .iter()
+            .find(|d| d.group == group && d.plural == plural)
+            .or_else(|| st.custom.get(&(group.to_string(), plural.to_string())))
+            .filter(|d| d.versions.iter().any(|v| v == version))
+            .cloned()
+    }
+
+    pub fn all_defs(&self, st: &Store) -> Vec<ResourceDef> {
+        let mut v = self.builtins.clone();
+        v.extend(st.custom.values().cloned());
+        v
+    }
+
+    pub fn user_for(&self, token: &str) -> Option<User> {
+        if token == self.admin_token {
+            return Some(User::admin());
+        }
+        self.tokens.lock().ok()?.get(token).cloned()
+    }
+}
+
+/// A running embedded API server. Cloning shares it.
+#[derive(Clone)]
+pub struct KubeApiServer {
+    inner: Arc<Inner>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+fn random_token(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let s: String = (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect();
+    format!("{prefix}{s}")
+}
+
+impl KubeApiServer {
+    /// Bind 127.0.0.1:0 and serve.
+    pub async fn start(config: ApiServerConfig) -> std::io::Result<KubeApiServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cert_pem, acceptor) = serve::tls()?;
+        let mut st = Store::new(config.watch_history);
+        ops::bootstrap(&mut st);
+        let inner = Arc::new(Inner {
+            config,
+            store: Mutex::new(st),
+            builtins: registry::builtins(),
+            tokens: Mutex::new(HashMap::new()),
+            admin_token: random_token("admin-"),
+            addr,
+            cancel: CancellationToken::new(),
+            cert_pem,
+        });
+        let app = routes::router(inner.clone());
+        let cancel = inner.cancel.clone();
+        let task = tokio::spawn(serve::serve(listener, app, acceptor, cancel));
+        Ok(KubeApiServer { inner, task: Arc::new(Mutex::new(Some(task))) })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// A token with every right (like system:masters).
+    pub fn admin_token(&self) -> String {
+        self.inner.admin_token.clone()
+    }
+
+    /// A token authenticating as `system:serviceaccount:NS:NAME`; authorised only by RBAC objects.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let mut tokens = self.inner.tokens.lock().expect("token map");
+        let user = User::service_account(namespace, name);
+        if let Some((t, _)) = tokens.iter().find(|(_, u)| u.name == user.name) {
+            return t.clone();
+        }
+        let t = random_token("sa-");
+        tokens.insert(t.clone(), user);
+        t
+    }
+
+    /// A kube client authenticating with `token`, default namespace "default".
+    pub fn client(&self, token: &str) -> kube::Client {
+        let mut config = kube::Config::new(self.url().parse().expect("server url"));
+        config.default_namespace = "default".into();
+        config.auth_info.token = Some(SecretString::from(token.to_string()));
+        kube::Client::try_from(config).expect("kube client for the embedded API server")
+    }
+
+    pub fn admin_client(&self) -> kube::Client {
+        self.client(&self.admin_token())
+    }
+
+    /// `https://127.0.0.1:PORT`: the same port, over TLS with a self-signed certificate.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.inner.addr)
+    }
+
+    /// PEM of the self-signed certificate served over HTTPS.
+    pub fn certificate_pem(&self) -> String {
+        self.inner.cert_pem.clone()
+    }
+
+    /// A kubeconfig for `kubectl --kubeconfig`. It points at the HTTPS URL (with the server's
+    /// certificate as CA), because kubectl sends no credentials over plain HTTP.
+    pub fn kubeconfig_yaml(&self, token: &str) -> String {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(self.inner.cert_pem.as_bytes());
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\n    namespace: default\ncurrent-context: sandbox\nusers:\n- name: sandbox\n  user:\n    token: {}\npreferences: {{}}\n",
+            self.https_url(),
+            token
+        )
+    }
+
+    /// Stop serving; open watches end.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
