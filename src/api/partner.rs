@@ -229,7 +229,7 @@ pub struct DefenderPartnerStatus {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct IndicatorCounts {
     pub desired: u32,
     pub submitted: u32,
@@ -240,7 +240,7 @@ pub struct IndicatorCounts {
 
 /// Active indicators in the tenant against Defender's fixed cap.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct TenantQuota {
     pub used: u32,
     pub limit: u32,

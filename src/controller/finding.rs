@@ -31,23 +31,47 @@ async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result
     };
     let status = finding_status(finding, &partners, ctx);
     let changed = finding.status.as_ref() != Some(&status);
+    let wake = finding.status.as_ref().and_then(|s| s.observed_generation) != finding.metadata.generation;
+    if about_to_be_pushed(finding, &status) {
+        // A new finding an attached engine is about to push: write once, when it is delivered,
+        // instead of Pending now and Submitted a second later.
+        wake_engines(&partners, ctx);
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     if changed {
         let api: Api<ProbeFinding> = Api::namespaced(ctx.client.clone(), &finding.namespace().unwrap_or_default());
         let patch = serde_json::json!({"apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding", "status": status});
         api.patch_status(&finding.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
     }
     // A new or changed finding: its partners' engines work out what to push.
-    if finding.status.as_ref().and_then(|s| s.observed_generation) != finding.metadata.generation {
-        for partner in &partners {
-            if let Some(engine) = ctx.engines.get(&partner.owner_marker()) {
-                engine.wake();
-            }
-        }
+    if wake {
+        wake_engines(&partners, ctx);
     }
     ctx.succeeded(&object_key(&**finding));
     // Engines poke findings whose indicators changed; the periodic pass catches the rest
     // (e.g. a finding that expires).
     Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+fn wake_engines(partners: &[Arc<DefenderPartner>], ctx: &Context) {
+    for partner in partners {
+        if let Some(engine) = ctx.engines.get(&partner.owner_marker()) {
+            engine.wake();
+        }
+    }
+}
+
+/// No status yet, a few seconds old, and every delivery merely waiting for a running engine.
+fn about_to_be_pushed(finding: &ProbeFinding, status: &ProbeFindingStatus) -> bool {
+    let young = finding
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|created| Timestamp::now().duration_since(created.0) < jiff::SignedDuration::from_secs(10));
+    finding.status.is_none()
+        && young
+        && !status.deliveries.is_empty()
+        && status.deliveries.iter().all(|d| d.state == DeliveryState::Pending && d.message.is_none())
 }
 
 pub fn error_policy(finding: Arc<ProbeFinding>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -159,6 +159,7 @@ pub async fn run(
 
     let finding_controller =
         Controller::new(scoped::<ProbeFinding>(&client, &config.namespace), watcher::Config::default())
+            .with_config(controller::Config::default().concurrency(16))
             .reconcile_on(UnboundedReceiverStream::new(finding_rx))
             .graceful_shutdown_on(shutdown.clone());
     let findings = finding_controller.store();

@@ -13,6 +13,7 @@ use std::time::Duration;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::decide::{self, Desired, Holder, PartnerSettings, Remote, SyncReport, ValueStatus};
@@ -23,8 +24,11 @@ use crate::defender::{APPLICATION, BatchDeleteOutcome, DefenderClient, DefenderE
 /// Tunables of the engine (defaults suit production; tests shorten them).
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Extra wait after a wake-up so that bursts of finding events fill whole batches.
+    /// A partial batch is sent once no finding has changed for this long; full batches of
+    /// 500 go at once. A lone finding therefore waits about this long, a burst fills batches.
     pub coalesce: Duration,
+    /// A partial batch never waits longer than this, even while findings keep changing.
+    pub max_delay: Duration,
     /// How often a round runs without being woken (cheap: in-memory diff).
     pub tick: Duration,
     /// How often Defender is re-read to notice indicators deleted in the portal.
@@ -36,6 +40,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             coalesce: Duration::from_millis(300),
+            max_delay: Duration::from_secs(10),
             tick: Duration::from_secs(30),
             resync: Duration::from_secs(600),
             tenant_cap: crate::defender::TENANT_INDICATOR_CAP,
@@ -48,6 +53,12 @@ impl Default for EngineConfig {
 pub struct Triggers {
     pub findings: mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
     pub partners: mpsc::UnboundedSender<ObjectRef<DefenderPartner>>,
+}
+
+/// When the engine last saw a finding change, and since when something waits to be sent.
+struct Batching {
+    last_change: Instant,
+    pending_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -179,23 +190,24 @@ impl Worker {
         if self.findings.wait_until_ready().await.is_err() {
             return;
         }
-        let mut last_read: Option<tokio::time::Instant> = None;
+        let mut last_read: Option<Instant> = None;
         let mut failures: u32 = 0;
+        let mut batching = Batching { last_change: Instant::now(), pending_since: None };
         loop {
             let read_due = last_read.is_none_or(|at| at.elapsed() >= self.config.resync);
             let result = if read_due {
-                self.read_defender().await.map(|()| last_read = Some(tokio::time::Instant::now()))
+                self.read_defender().await.map(|()| last_read = Some(Instant::now()))
             } else {
                 Ok(())
             };
             let result = match result {
-                Ok(()) => self.round().await,
+                Ok(()) => self.round(&mut batching).await,
                 Err(error) => Err(error),
             };
-            let pause = match result {
-                Ok(()) => {
+            let next_round = match result {
+                Ok(next) => {
                     failures = 0;
-                    None
+                    next
                 }
                 Err(error) => {
                     failures += 1;
@@ -205,16 +217,14 @@ impl Worker {
                         // The credentials may have lost their grant: let the partner re-validate.
                         let _ = self.triggers.partners.send(ObjectRef::from_obj(&**self.partner.borrow()));
                     }
-                    Some(error.retry_after().unwrap_or_else(|| backoff(failures)))
+                    tokio::time::sleep(error.retry_after().unwrap_or_else(|| backoff(failures))).await;
+                    continue;
                 }
             };
-            if let Some(pause) = pause {
-                tokio::time::sleep(pause).await;
-                continue;
-            }
+            let wait = next_round.unwrap_or(self.config.tick);
             tokio::select! {
-                _ = self.wake.notified() => tokio::time::sleep(self.config.coalesce).await,
-                _ = tokio::time::sleep(self.config.tick) => {}
+                _ = self.wake.notified() => batching.last_change = Instant::now(),
+                _ = tokio::time::sleep(wait) => {}
                 changed = self.partner.changed() => if changed.is_err() { return },
             }
         }
@@ -254,15 +264,34 @@ impl Worker {
         Ok(())
     }
 
-    /// One diff-and-send round.
-    async fn round(&self) -> Result<(), DefenderError> {
+    /// One diff-and-send round. Full batches go at once; the remainder waits for a quiet
+    /// moment (or `max_delay`). Returns when the next round is due, if sooner than the tick.
+    async fn round(&self, batching: &mut Batching) -> Result<Option<Duration>, DefenderError> {
         let (partner, settings) = self.settings();
         let findings = self.findings.state();
         let desired = decide::desired(&partner, &settings, findings.iter().map(|f| &**f), jiff::Timestamp::now());
-        let plan = {
+        let mut plan = {
             let view = self.view.lock().unwrap();
             decide::plan(&desired, &view.remote, settings.delete_withdrawn, view.tenant_total, self.config.tenant_cap)
         };
+        if plan.push.is_empty() && plan.withdraw.is_empty() {
+            batching.pending_since = None;
+            self.update_report(&desired, plan.over_quota.len(), None);
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let quiet_at = batching.last_change + self.config.coalesce;
+        let pending_since = *batching.pending_since.get_or_insert(now);
+        let overdue_at = pending_since + self.config.max_delay;
+        let send_all = now >= quiet_at || now >= overdue_at;
+        let held_back = if send_all { 0 } else { plan.push.len() % MAX_BATCH };
+        let held: Vec<_> = plan.push.split_off(plan.push.len() - held_back);
+        // Withdrawals are never urgent: they wait for a quiet moment too.
+        let deferred = !held.is_empty() || (!send_all && !plan.withdraw.is_empty());
+        if !send_all {
+            plan.withdraw.clear();
+        }
+
         let mut changed: BTreeSet<IndicatorKey> = BTreeSet::new();
         let outcome = self.push(&plan.push, &mut changed).await;
         let outcome = match outcome {
@@ -273,7 +302,12 @@ impl Worker {
         if !changed.is_empty() {
             self.trigger_findings_with(&changed, &findings);
         }
-        outcome
+        outcome?;
+        if !deferred {
+            batching.pending_since = None;
+            return Ok(None);
+        }
+        Ok(Some(quiet_at.min(overdue_at).saturating_duration_since(Instant::now())))
     }
 
     async fn push(

@@ -1,0 +1,301 @@
+//! `cargo bench --bench convergence`: one partner, N findings with distinct SHA-256 values
+//! (N = 10,000; `BENCH_FINDINGS` changes it), on the sandbox with Defender's real limits and
+//! 200 ms per Defender call. The operator runs as its own process (the release binary), so its
+//! peak RSS is its own. Prints a table, then one JSON line.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use defender_operator::api::conditions::{INDICATORS_SYNCED, is_true};
+use defender_operator::api::{DefenderPartner, DeliveryState, PartnerState, ProbeFinding};
+use defender_operator::sandbox::cluster::{OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT};
+use defender_operator::sandbox::defender::{EmulatorConfig, EmulatorLimits, Endpoint, sandbox_values as sv};
+use defender_operator::sandbox::{Sandbox, SandboxOptions};
+use futures::StreamExt;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::json;
+
+const LATENCY: Duration = Duration::from_millis(200);
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let findings: usize = std::env::var("BENCH_FINDINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let singles: usize = std::env::var("BENCH_SINGLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let emulator = EmulatorConfig { latency: LATENCY, ..EmulatorConfig::sandbox() };
+    let limits = emulator.limits.clone();
+    let sandbox = Sandbox::start(SandboxOptions { emulator, ..Default::default() }).await?;
+    let dir = tempdir()?;
+    let kubeconfig = dir.join("operator.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        sandbox.kube.kubeconfig_yaml(&sandbox.kube.service_account_token(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)),
+    )?;
+
+    setup_partner(&sandbox).await?;
+    let mut operator = spawn_operator(&sandbox, &kubeconfig)?;
+    wait_attached(&sandbox).await?;
+    sandbox.defender.clear_calls();
+    let kube_before = sandbox.kube.request_count();
+
+    // Converge: create N findings, wait until every one is Submitted.
+    let started = Instant::now();
+    create_findings(&sandbox, 0, findings).await?;
+    wait_all_submitted(&sandbox, findings, Duration::from_secs(600)).await?;
+    let converge = started.elapsed();
+    let calls = calls_by_endpoint(&sandbox);
+    let kube_requests = sandbox.kube.request_count() - kube_before;
+    let peak_rss = peak_rss_mib(&operator)?;
+    let duplicates = sandbox.defender.indicators(sv::TENANT_ID).len() as i64 - findings as i64;
+
+    // Restart: a fresh operator, same cluster and tenant.
+    operator.kill()?;
+    operator.wait()?;
+    sandbox.defender.clear_calls();
+    let restarted = Instant::now();
+    let mut operator = spawn_operator(&sandbox, &kubeconfig)?;
+    wait_steady_after_restart(&sandbox, findings).await?;
+    let restart_converge = restarted.elapsed();
+    let restart_calls = calls_by_endpoint(&sandbox);
+
+    // One new finding alone: time until its indicator is in Defender.
+    let mut latencies = Vec::with_capacity(singles);
+    for i in 0..singles {
+        let value = sha256(1_000_000 + i);
+        let started = Instant::now();
+        create_findings(&sandbox, 1_000_000 + i, 1).await?;
+        loop {
+            if sandbox.defender.indicators(sv::TENANT_ID).iter().any(|x| x["indicatorValue"] == value.as_str()) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("single finding {i} not pushed within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let p99 = latencies.get((latencies.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
+    operator.kill()?;
+
+    let naive = naive_seconds(findings, &limits);
+    let writes: u64 = ["ImportIndicators", "SubmitIndicator", "DeleteIndicator", "BatchDeleteIndicators"]
+        .iter()
+        .map(|e| calls.get(*e).copied().unwrap_or(0))
+        .sum();
+    let restart_writes: u64 = ["ImportIndicators", "SubmitIndicator", "DeleteIndicator", "BatchDeleteIndicators"]
+        .iter()
+        .map(|e| restart_calls.get(*e).copied().unwrap_or(0))
+        .sum();
+
+    println!("defender-operator convergence benchmark ({} cores, Defender latency {LATENCY:?}, real limits)", num_cpus());
+    println!("{:<44} {:>14}", "findings", findings);
+    println!("{:<44} {:>13.1}s", "converge (create -> all Submitted)", converge.as_secs_f64());
+    println!("{:<44} {:>14}", "Defender calls", calls.values().sum::<u64>());
+    for (endpoint, count) in &calls {
+        println!("  {:<42} {:>14}", endpoint, count);
+    }
+    println!("{:<44} {:>14}", "Defender write calls", writes);
+    println!("{:<44} {:>14}", "duplicate indicators", duplicates);
+    println!("{:<44} {:>14}", "Kubernetes API requests (operator)", kube_requests);
+    println!("{:<44} {:>10.1} MiB", "operator peak RSS", peak_rss);
+    println!("{:<44} {:>13.1}s", "restart: time to steady state", restart_converge.as_secs_f64());
+    println!("{:<44} {:>14}", "restart: Defender calls", restart_calls.values().sum::<u64>());
+    println!("{:<44} {:>14}", "restart: Defender write calls", restart_writes);
+    println!("{:<44} {:>11.0} ms", format!("single finding p99 (of {singles})"), p99.as_secs_f64() * 1000.0);
+    println!("{:<44} {:>13.0}s", "naive baseline (one submit per indicator)", naive);
+    println!(
+        "{}",
+        json!({
+            "findings": findings,
+            "converge_s": round(converge.as_secs_f64()),
+            "defender_calls": calls,
+            "kube_requests": kube_requests,
+            "operator_peak_rss_mib": round(peak_rss),
+            "restart_converge_s": round(restart_converge.as_secs_f64()),
+            "restart_defender_calls": restart_calls.values().sum::<u64>(),
+            "naive_converge_s": round(naive),
+            "single_finding_p99_ms": round(p99.as_secs_f64() * 1000.0),
+            "defender_write_calls": writes,
+            "duplicates": duplicates,
+        })
+    );
+    Ok(())
+}
+
+fn round(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("defender-operator-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn sha256(seed: usize) -> String {
+    format!("{seed:016x}").repeat(4)
+}
+
+async fn setup_partner(sandbox: &Sandbox) -> anyhow::Result<()> {
+    sandbox
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds, namespace: default}}\nstringData:\n  tenantId: {}\n  clientId: {}\n  clientSecret: {}\n---\n\
+             apiVersion: detect.dev/v1alpha1\nkind: DefenderPartner\nmetadata: {{name: defender, namespace: default}}\n\
+             spec: {{api: '{}', credentials: {{secretRef: {{name: creds}}}}}}\n",
+            sv::TENANT_ID,
+            sv::GOOD_APP_ID,
+            sv::GOOD_APP_SECRET,
+            sandbox.defender_api()
+        ))
+        .await?;
+    Ok(())
+}
+
+fn spawn_operator(sandbox: &Sandbox, kubeconfig: &std::path::Path) -> anyhow::Result<Child> {
+    Command::new(env!("CARGO_BIN_EXE_defender-operator"))
+        .args(["run", "--metrics-addr", "127.0.0.1:0", "--api-allowlist", "http://127.0.0.1:*", "--authority-url"])
+        .arg(sandbox.defender.url().as_str())
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the operator binary")
+}
+
+async fn wait_attached(sandbox: &Sandbox) -> anyhow::Result<()> {
+    sandbox
+        .wait_for("default", "defender", Duration::from_secs(60), |p: &DefenderPartner| {
+            p.status.as_ref().is_some_and(|s| s.state == Some(PartnerState::Attached) && is_true(&s.conditions, INDICATORS_SYNCED))
+        })
+        .await?;
+    Ok(())
+}
+
+async fn create_findings(sandbox: &Sandbox, first: usize, count: usize) -> anyhow::Result<()> {
+    let api: Api<ProbeFinding> = Api::namespaced(sandbox.admin.clone(), "default");
+    let results: Vec<_> = futures::stream::iter(first..first + count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let finding: ProbeFinding = serde_json::from_value(json!({
+                    "apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding",
+                    "metadata": {"name": format!("finding-{i}")},
+                    "spec": {"test": {"id": "3ebbda49-738c-4799-a8fb-206630cf609e", "name": "Will a malicious Office document be quarantined?"},
+                             "endpoint": {"hostname": format!("host-{}", i % 500)}, "code": 101,
+                             "indicators": [{"type": "FileSha256", "value": sha256(i)}]}
+                }))?;
+                api.create(&PostParams::default(), &finding).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(())
+}
+
+async fn submitted(sandbox: &Sandbox) -> anyhow::Result<usize> {
+    let api: Api<ProbeFinding> = Api::namespaced(sandbox.admin.clone(), "default");
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|f| {
+            f.status.as_ref().is_some_and(|s| {
+                s.observed_generation == f.metadata.generation
+                    && s.deliveries.iter().all(|d| d.state == DeliveryState::Submitted)
+                    && !s.deliveries.is_empty()
+            })
+        })
+        .count())
+}
+
+async fn wait_all_submitted(sandbox: &Sandbox, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done = submitted(sandbox).await?;
+        if done >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {count} findings Submitted after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Steady after a restart: the new operator has read Defender once and reports every indicator
+/// in sync, and every finding is still Submitted.
+async fn wait_steady_after_restart(sandbox: &Sandbox, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let read = sandbox.defender.calls().iter().any(|c| c.endpoint == Endpoint::ListIndicators && c.status == 200);
+        if read {
+            let partner: DefenderPartner = Api::namespaced(sandbox.admin.clone(), "default").get("defender").await?;
+            let synced = partner.status.as_ref().is_some_and(|s| {
+                is_true(&s.conditions, INDICATORS_SYNCED) && s.indicators.as_ref().is_some_and(|i| i.submitted as usize >= count)
+            });
+            if synced && submitted(sandbox).await? >= count {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("not steady 120 s after the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn calls_by_endpoint(sandbox: &Sandbox) -> BTreeMap<String, u64> {
+    let mut calls = BTreeMap::new();
+    for call in sandbox.defender.calls() {
+        if matches!(call.endpoint, Endpoint::TokenV1 | Endpoint::TokenV2) {
+            continue;
+        }
+        *calls.entry(format!("{:?}", call.endpoint)).or_insert(0) += 1;
+    }
+    calls
+}
+
+fn peak_rss_mib(child: &Child) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("VmHWM in /proc/<pid>/status")?;
+    Ok(kib / 1024.0)
+}
+
+/// One submit call per indicator under the same limits as the emulator (per-minute and
+/// per-hour sliding windows), each call taking the same latency, one at a time.
+fn naive_seconds(findings: usize, limits: &EmulatorLimits) -> f64 {
+    let (per_minute, per_hour) = (limits.other_per_minute as usize, limits.other_per_hour as usize);
+    let latency = LATENCY.as_secs_f64();
+    let mut sent: Vec<f64> = Vec::with_capacity(findings);
+    let mut now = 0.0f64;
+    for _ in 0..findings {
+        let n = sent.len();
+        if n >= per_minute {
+            now = now.max(sent[n - per_minute] + 60.0);
+        }
+        if n >= per_hour {
+            now = now.max(sent[n - per_hour] + 3600.0);
+        }
+        sent.push(now);
+        now += latency;
+    }
+    now
+}
