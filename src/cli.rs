@@ -45,9 +45,39 @@ pub struct RunArgs {
     pub metrics_addr: std::net::SocketAddr,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Run the controllers only while holding a Lease, so that several replicas can run with one
+    /// active (`--leader-elect` or `--leader-elect=true`).
+    #[arg(long, env = "LEADER_ELECT", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "LEASE_NAME", default_value = "defender-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease; default: the pod's namespace in a cluster, else `default`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Seconds a lease stays valid after each renewal: the longest a crashed leader goes unreplaced.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Seconds before expiry at which the leader renews (also the clock skew tolerated).
+    #[arg(long, env = "LEASE_GRACE_SECONDS", default_value_t = 5)]
+    pub lease_grace_seconds: u64,
 }
 
 impl RunArgs {
+    /// The Lease to hold when `--leader-elect` is on.
+    pub fn lease_config(&self) -> anyhow::Result<crate::lease::LeaseConfig> {
+        let lease = crate::lease::LeaseConfig {
+            name: self.lease_name.clone(),
+            namespace: self.lease_namespace.clone().unwrap_or_else(crate::lease::default_namespace),
+            duration: std::time::Duration::from_secs(self.lease_duration_seconds),
+            grace: std::time::Duration::from_secs(self.lease_grace_seconds),
+            ..Default::default()
+        };
+        lease.validate()?;
+        Ok(lease)
+    }
+
     pub fn controller_config(&self) -> anyhow::Result<controller::Config> {
         let allowlist = AllowList::new(&self.api_allowlist).map_err(|e| anyhow::anyhow!("--api-allowlist: {e}"))?;
         Ok(controller::Config {
@@ -66,19 +96,26 @@ pub async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sandbox(args) => {
-            telemetry::init(LogFormat::Text);
+            // The tables are the output; logs only when something goes wrong (RUST_LOG for more).
+            telemetry::init(LogFormat::Text, "warn");
             crate::sandbox::demo::run(args).await
         }
         Command::Run(args) => {
-            telemetry::init(args.log_format);
+            telemetry::init(args.log_format, "info,kube=warn,hyper=warn");
             let config = args.controller_config()?;
+            let lease = if args.leader_elect { Some(args.lease_config()?) } else { None };
             let client = kube::Client::try_default().await?;
             let metrics = std::sync::Arc::new(telemetry::Metrics::default());
             let health = std::sync::Arc::new(telemetry::Health::default());
             telemetry::serve(args.metrics_addr, metrics.clone(), health.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("--metrics-addr {}: {e}", args.metrics_addr))?;
-            controller::run(client, config, metrics, health, shutdown_signal()).await;
+            if let Some(lease) = lease {
+                let identity = crate::lease::default_identity();
+                crate::lease::run_elected(client, lease, identity, metrics, health, config, shutdown_signal()).await?;
+            } else {
+                controller::run(client, config, metrics, health, shutdown_signal()).await;
+            }
             Ok(())
         }
     }
