@@ -5,5 +5,8 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod defender;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod lease;
 pub mod sandbox;
 pub mod telemetry;
