@@ -22,6 +22,8 @@ async fn good_credentials_attach_with_every_condition_true() {
     world.partner("default", "defender", "creds", json!({})).await;
 
     let partner = world.attached("default", "defender").await;
+    let operator = world.operator.as_ref().unwrap();
+    eventually("the operator reports ready (/readyz)", WAIT, || operator.health.is_ready()).await;
     let partner = world
         .wait_for("default", "defender", WAIT, |p: &DefenderPartner| {
             p.status

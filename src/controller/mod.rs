@@ -184,9 +184,9 @@ pub async fn run(
     });
     let (partner_cache, finding_cache) = (ctx.partners.clone(), ctx.findings.clone());
     tokio::spawn(async move {
-        if partner_cache.wait_until_ready().await.is_ok() && finding_cache.wait_until_ready().await.is_ok() {
-            health.set_ready(true);
-        }
+        synced(&partner_cache).await;
+        synced(&finding_cache).await;
+        health.set_ready(true);
     });
 
     info!(namespace = ctx.config.namespace.as_deref().unwrap_or("<all>"), "controllers starting");
@@ -214,6 +214,17 @@ pub async fn run(
     });
     futures::join!(partners, findings);
     info!("controllers stopped");
+}
+
+/// Waits until a reflector store has its first complete list.
+///
+/// A store wakes only its most recent waiter, and the controller itself waits on the same
+/// store, so other waiters re-poll: once the store is ready, a fresh poll returns at once.
+pub async fn synced<K: Resource + Clone + 'static>(store: &Store<K>)
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await.is_err() {}
 }
 
 fn partners_using(

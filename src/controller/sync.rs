@@ -187,19 +187,14 @@ impl Worker {
         info!(partner = %marker, "sync engine started");
         // The findings cache must be complete before any diff, or a restart would withdraw
         // indicators whose findings were simply not listed yet.
-        if self.findings.wait_until_ready().await.is_err() {
-            return;
-        }
+        super::synced(&self.findings).await;
         let mut last_read: Option<Instant> = None;
         let mut failures: u32 = 0;
         let mut batching = Batching { last_change: Instant::now(), pending_since: None };
         loop {
             let read_due = last_read.is_none_or(|at| at.elapsed() >= self.config.resync);
-            let result = if read_due {
-                self.read_defender().await.map(|()| last_read = Some(Instant::now()))
-            } else {
-                Ok(())
-            };
+            let result =
+                if read_due { self.read_defender().await.map(|()| last_read = Some(Instant::now())) } else { Ok(()) };
             let result = match result {
                 Ok(()) => self.round(&mut batching).await,
                 Err(error) => Err(error),

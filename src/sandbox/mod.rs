@@ -2,8 +2,8 @@
 //! one-command demo and the integration tests. Never used by `run`.
 
 pub mod cluster;
-pub mod demo;
 pub mod defender;
+pub mod demo;
 pub mod kube;
 
 pub use cluster::{Operator, Sandbox, SandboxOptions};
