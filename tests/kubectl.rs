@@ -1,0 +1,75 @@
+//! kubectl as a real client of the sandbox: apply the examples, read the printer columns, wait
+//! for Ready, delete.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use defender_operator::api::DefenderPartner;
+use kube::Api;
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output =
+        Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("kubectl is installed");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_the_examples_and_sees_them_converge() {
+    let world = world().await;
+    let dir = std::env::temp_dir().join(format!("defender-operator-kubectl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, world.kubeconfig()).unwrap();
+
+    // The examples as a newcomer has them, with the partners pointed at the emulator.
+    let examples = dir.join("examples");
+    std::fs::create_dir_all(&examples).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("  credentials:\n", &format!("  api: {}\n  credentials:\n", world.defender_api()));
+        std::fs::write(examples.join(path.file_name().unwrap()), text).unwrap();
+    }
+    let kc = kubeconfig.clone();
+    let ex = examples.clone();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || kubectl(&kc, &["apply", "-f", ex.to_str().unwrap()])).await.unwrap();
+    assert!(ok, "kubectl apply failed: {out}");
+    assert!(out.contains("defenderpartner.detect.dev/defender created"), "{out}");
+
+    let kc = kubeconfig.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        kubectl(&kc, &["wait", "--for=condition=Ready", "dp/defender", "-n", "default", "--timeout=30s"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "kubectl wait failed: {out}");
+
+    world.ready_finding("default", "office-macro-laptop-7").await;
+    let kc = kubeconfig.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&kc, &["get", "dp,pf", "-A"])).await.unwrap();
+    assert!(ok, "{out}");
+    let header = out.lines().next().unwrap_or_default();
+    for column in ["STATE", "TENANT", "INDICATORS", "REASON", "AGE"] {
+        assert!(header.contains(column), "printer column {column} missing: {out}");
+    }
+    assert!(out.contains("Attached") && out.contains("InvalidSecret"), "{out}");
+    assert!(out.contains("UNPROTECTED") && out.contains("1/1"), "{out}");
+
+    let kc = kubeconfig.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        kubectl(&kc, &["delete", "dp", "defender", "-n", "default", "--timeout=30s"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "kubectl delete failed: {out}");
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    assert!(partners.get_opt("defender").await.unwrap().is_none());
+    // deletionPolicy: Delete in the example: its indicators were withdrawn.
+    assert!(world.indicators().is_empty(), "{:?}", world.indicators());
+    let _ = std::fs::remove_dir_all(&dir);
+}
