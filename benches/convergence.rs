@@ -36,10 +36,11 @@ async fn main() -> anyhow::Result<()> {
     )?;
 
     setup_partner(&sandbox).await?;
-    let mut operator = spawn_operator(&sandbox, &kubeconfig)?;
+    let metrics_port = free_port()?;
+    let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port)?;
     wait_attached(&sandbox).await?;
     sandbox.defender.clear_calls();
-    let kube_before = sandbox.kube.request_count();
+    let kube_before = kube_requests(metrics_port).await?;
 
     // Converge: create N findings, wait until every one is Submitted.
     let started = Instant::now();
@@ -47,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     wait_all_submitted(&sandbox, findings, Duration::from_secs(600)).await?;
     let converge = started.elapsed();
     let calls = calls_by_endpoint(&sandbox);
-    let kube_requests = sandbox.kube.request_count() - kube_before;
+    let kube_requests = kube_requests(metrics_port).await? - kube_before;
     let peak_rss = peak_rss_mib(&operator)?;
     let duplicates = sandbox.defender.indicators(sv::TENANT_ID).len() as i64 - findings as i64;
 
@@ -56,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     operator.wait()?;
     sandbox.defender.clear_calls();
     let restarted = Instant::now();
-    let mut operator = spawn_operator(&sandbox, &kubeconfig)?;
+    let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port)?;
     wait_steady_after_restart(&sandbox, findings).await?;
     let restart_converge = restarted.elapsed();
     let restart_calls = calls_by_endpoint(&sandbox);
@@ -92,7 +93,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|e| restart_calls.get(*e).copied().unwrap_or(0))
         .sum();
 
-    println!("defender-operator convergence benchmark ({} cores, Defender latency {LATENCY:?}, real limits)", num_cpus());
+    println!(
+        "defender-operator convergence benchmark ({} cores, Defender latency {LATENCY:?}, real limits)",
+        num_cpus()
+    );
     println!("{:<44} {:>14}", "findings", findings);
     println!("{:<44} {:>13.1}s", "converge (create -> all Submitted)", converge.as_secs_f64());
     println!("{:<44} {:>14}", "Defender calls", calls.values().sum::<u64>());
@@ -160,10 +164,33 @@ async fn setup_partner(sandbox: &Sandbox) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_operator(sandbox: &Sandbox, kubeconfig: &std::path::Path) -> anyhow::Result<Child> {
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The operator's own count of requests to the Kubernetes API, from its /metrics.
+async fn kube_requests(port: u16) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await
+            && let Ok(text) = response.text().await
+            && let Some(line) = text.lines().find(|l| l.starts_with("defender_operator_kube_requests_total "))
+        {
+            return Ok(line.split_whitespace().nth(1).context("a value")?.parse::<f64>()? as u64);
+        }
+        if Instant::now() > deadline {
+            bail!("the operator's /metrics did not answer");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spawn_operator(sandbox: &Sandbox, kubeconfig: &std::path::Path, metrics_port: u16) -> anyhow::Result<Child> {
     Command::new(env!("CARGO_BIN_EXE_defender-operator"))
-        .args(["run", "--metrics-addr", "127.0.0.1:0", "--api-allowlist", "http://127.0.0.1:*", "--authority-url"])
+        .args(["run", "--api-allowlist", "http://127.0.0.1:*", "--authority-url"])
         .arg(sandbox.defender.url().as_str())
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{metrics_port}"))
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
@@ -175,7 +202,9 @@ fn spawn_operator(sandbox: &Sandbox, kubeconfig: &std::path::Path) -> anyhow::Re
 async fn wait_attached(sandbox: &Sandbox) -> anyhow::Result<()> {
     sandbox
         .wait_for("default", "defender", Duration::from_secs(60), |p: &DefenderPartner| {
-            p.status.as_ref().is_some_and(|s| s.state == Some(PartnerState::Attached) && is_true(&s.conditions, INDICATORS_SYNCED))
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.state == Some(PartnerState::Attached) && is_true(&s.conditions, INDICATORS_SYNCED))
         })
         .await?;
     Ok(())
@@ -244,7 +273,8 @@ async fn wait_steady_after_restart(sandbox: &Sandbox, count: usize) -> anyhow::R
         if read {
             let partner: DefenderPartner = Api::namespaced(sandbox.admin.clone(), "default").get("defender").await?;
             let synced = partner.status.as_ref().is_some_and(|s| {
-                is_true(&s.conditions, INDICATORS_SYNCED) && s.indicators.as_ref().is_some_and(|i| i.submitted as usize >= count)
+                is_true(&s.conditions, INDICATORS_SYNCED)
+                    && s.indicators.as_ref().is_some_and(|i| i.submitted as usize >= count)
             });
             if synced && submitted(sandbox).await? >= count {
                 return Ok(());

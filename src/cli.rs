@@ -104,8 +104,8 @@ pub async fn main() -> anyhow::Result<()> {
             telemetry::init(args.log_format, "info,kube=warn,hyper=warn");
             let config = args.controller_config()?;
             let lease = if args.leader_elect { Some(args.lease_config()?) } else { None };
-            let client = kube::Client::try_default().await?;
             let metrics = std::sync::Arc::new(telemetry::Metrics::default());
+            let client = telemetry::kube_client(kube::Config::infer().await?, metrics.clone())?;
             let health = std::sync::Arc::new(telemetry::Health::default());
             telemetry::serve(args.metrics_addr, metrics.clone(), health.clone())
                 .await

@@ -150,7 +150,9 @@ async fn token_errors_carry_aadsts_codes() {
     let std = |app: &'static str, secret: &'static str| {
         vec![("client_id", app), ("client_secret", secret), ("scope", MDE_SCOPE), ("grant_type", "client_credentials")]
     };
-    let cases: Vec<(&str, Vec<(&str, &str)>, u32, u16, &str)> = vec![
+    // (tenant, form fields, AADSTS code, HTTP status, `error`)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u32, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (TENANT_ID, std(GOOD_APP_ID, "wrong"), 7000215, 401, "invalid_client"),
         (TENANT_ID, std(GOOD_APP_ID, GOOD_APP_SECRET_ID), 7000215, 401, "invalid_client"),
         (TENANT_ID, std(EXPIRED_SECRET_APP_ID, EXPIRED_SECRET_APP_SECRET), 7000222, 401, "invalid_client"),

@@ -35,7 +35,7 @@ async fn unprotected_findings_are_pushed_once_with_the_partner_settings() {
             json!({"state": "UNPROTECTED", "observedTime": "2030-01-01T00:00:00Z"}),
         )
         .await;
-    world.finding("default", "by-code", &[by_code.clone()], json!({"code": 101})).await;
+    world.finding("default", "by-code", std::slice::from_ref(&by_code), json!({"code": 101})).await;
 
     for name in ["by-state", "by-code"] {
         let finding = world.ready_finding("default", name).await;

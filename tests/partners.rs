@@ -50,7 +50,9 @@ async fn good_credentials_attach_with_every_condition_true() {
 #[tokio::test]
 async fn each_bad_credential_case_detaches_with_its_reason() {
     let world = world().await;
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    // (partner and Secret name, Secret data, expected reason)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "wrong-secret",
             vec![("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "not-the-secret")],

@@ -121,8 +121,11 @@ impl Sandbox {
     }
 
     pub fn start_operator_with(&self, config: controller::Config) -> Operator {
-        let client = self.kube.client(&self.kube.service_account_token(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT));
         let metrics = Arc::new(Metrics::default());
+        let mut kube_config = kube::Config::new(self.kube.url().parse().expect("the API server's URL"));
+        kube_config.auth_info.token =
+            Some(self.kube.service_account_token(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT).into());
+        let client = crate::telemetry::kube_client(kube_config, metrics.clone()).expect("a client for the sandbox");
         let health = Arc::new(Health::default());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(client, config, metrics.clone(), health.clone(), async move {

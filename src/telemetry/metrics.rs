@@ -33,6 +33,7 @@ pub struct Metrics {
     pub partners: Family<StateLabels, Gauge>,
     pub indicators: Family<StateLabels, Gauge>,
     pub quota_used: Gauge,
+    pub kube_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -54,7 +55,9 @@ impl Default for Metrics {
             "Largest share of Defender's 15,000-indicator cap used by any tenant, in indicators",
             quota_used.clone(),
         );
-        Self { registry, reconciles, reconcile_duration, partners, indicators, quota_used }
+        let kube_requests = Counter::default();
+        registry.register("kube_requests", "Requests sent to the Kubernetes API server", kube_requests.clone());
+        Self { registry, reconciles, reconcile_duration, partners, indicators, quota_used, kube_requests }
     }
 }
 

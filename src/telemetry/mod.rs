@@ -9,6 +9,15 @@ pub use server::{Health, serve};
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
+/// A Kubernetes client whose requests are counted in `metrics`.
+pub fn kube_client(config: kube::Config, metrics: std::sync::Arc<Metrics>) -> Result<kube::Client, kube::Error> {
+    let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        metrics.kube_requests.inc();
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     #[default]
