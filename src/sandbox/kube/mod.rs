@@ -1,10 +1,33 @@
 //! Embedded Kubernetes API server: HTTP on loopback, state in memory, behaving like kube-apiserver
 //! closely enough for kube-rs clients/controllers and `kubectl`.
 //!
+//! One port speaks plain HTTP (what [`KubeApiServer::url`] and [`KubeApiServer::client`] use) and
+//! HTTPS with a self-signed certificate (what [`KubeApiServer::kubeconfig_yaml`] points kubectl
+//! at: kubectl sends no credentials over plain HTTP).
+//!
+//! What it does, as the Kubernetes API documentation describes:
+//! - resources: core/v1 Namespace, ConfigMap, Secret, ServiceAccount, Event, Service, Pod (stored
+//!   only), events.k8s.io/v1 Event (the same objects as core Events), coordination.k8s.io/v1 Lease,
+//!   apps/v1 Deployment, networking.k8s.io/v1 NetworkPolicy, policy/v1 PodDisruptionBudget,
+//!   rbac.authorization.k8s.io/v1, authorization.k8s.io/v1 SelfSubjectAccessReview,
+//!   apiextensions.k8s.io/v1 CustomResourceDefinition, and custom resources as soon as their CRD is
+//!   created (Established at once);
+//! - verbs: get, list (label/field selectors, limit/continue), watch (resume from a
+//!   resourceVersion, BOOKMARKs, timeoutSeconds, sendInitialEvents, 410 Expired as an ERROR event
+//!   past the history window), create, update (resourceVersion preconditions), patch (JSON, merge,
+//!   strategic merge for built-ins, server-side apply with managedFields), delete (finalizers,
+//!   preconditions), deletecollection; the status subresource; generation; garbage collection by
+//!   ownerReferences; namespace deletion;
+//! - custom resources: structural pruning, defaults, OpenAPI validation and
+//!   `x-kubernetes-validations` CEL rules (a subset of CEL, see [`cel`]), 422 `Invalid` with causes;
+//! - bearer-token authentication and RBAC authorisation (with impersonation for kubectl `--as`);
+//! - discovery (legacy and aggregated), `/version`, minimal OpenAPI v3, `Table` responses.
+//!
 //! Layout: [`routes`] parses requests and dispatches, [`ops`] implements the verbs over the
 //! [`store`], [`watch`] streams changes, [`patch`]/[`apply`] implement patches and server-side
 //! apply, [`schema`]/[`cel`] prune, default and validate custom resources, [`rbac`] authorises,
-//! [`discovery`] and [`table`] serve what kubectl needs.
+//! [`discovery`] and [`table`] serve what kubectl needs, `proto` decodes the few protobuf bodies
+//! kubectl's typed `create` commands send, `serve` is the HTTP/HTTPS listener.
 
 pub mod apply;
 pub mod cel;
@@ -12,6 +35,7 @@ pub mod discovery;
 pub mod error;
 pub mod ops;
 pub mod patch;
+mod proto;
 pub mod rbac;
 pub mod registry;
 pub mod routes;
@@ -66,6 +90,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The store; a panic in another request does not make it unusable.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The resource served at group/version/plural.
     pub fn lookup(&self, st: &Store, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
         self.builtins

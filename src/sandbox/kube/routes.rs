@@ -1,0 +1,351 @@
+//! HTTP: authentication, path parsing, authorisation and dispatch to the verbs.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Inner;
+use super::discovery;
+use super::error::{ApiError, ApiResult};
+use super::ops::{self, Ctx};
+use super::rbac::{self, Attrs, User};
+use super::table;
+use super::watch;
+
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    Router::new().fallback(handle).with_state(inner)
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    match handle_inner(inner, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), [(header::CONTENT_TYPE, "application/json")], body)
+        .into_response()
+}
+
+/// A parsed resource path.
+struct ResPath {
+    group: String,
+    version: String,
+    ns: String,
+    plural: String,
+    name: String,
+    sub: String,
+    watch: bool,
+}
+
+fn parse_resource_path(segs: &[&str]) -> Option<ResPath> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => (String::new(), v.to_string(), rest),
+        ["apis", g, v, rest @ ..] => (g.to_string(), v.to_string(), rest),
+        _ => return None,
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let (watch, rest) = if rest[0] == "watch" { (true, &rest[1..]) } else { (false, rest) };
+    let get = |i: usize| rest.get(i).map(|s| s.to_string()).unwrap_or_default();
+    let namespaced_path = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && !(rest.len() == 3 && (rest[2] == "status" || rest[2] == "finalize"));
+    let p = if namespaced_path {
+        if rest.len() > 5 {
+            return None;
+        }
+        ResPath { group, version, ns: get(1), plural: get(2), name: get(3), sub: get(4), watch }
+    } else {
+        if rest.len() > 3 || rest.is_empty() {
+            return None;
+        }
+        ResPath { group, version, ns: String::new(), plural: get(0), name: get(1), sub: get(2), watch }
+    };
+    Some(p)
+}
+
+fn wants_table(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
+}
+
+async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query: HashMap<String, String> =
+        req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let headers = req.headers().clone();
+    let hdr = |name: header::HeaderName| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(String::from).unwrap_or_default()
+    };
+    let auth = hdr(header::AUTHORIZATION);
+    let accept = hdr(header::ACCEPT);
+    let content_type = hdr(header::CONTENT_TYPE);
+    let user_agent = hdr(header::USER_AGENT);
+    let body = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+
+    let user: User = match auth.strip_prefix("Bearer ").map(str::trim).and_then(|t| inner.user_for(t)) {
+        Some(u) => u,
+        // with no credentials at all, the public-info endpoints answer (system:public-info-viewer)
+        None if auth.is_empty()
+            && method == Method::GET
+            && matches!(path.as_str(), "/version" | "/healthz" | "/livez" | "/readyz") =>
+        {
+            User::anonymous()
+        }
+        None => return Err(ApiError::unauthorized()),
+    };
+    // impersonation (kubectl --as / --as-group), for users RBAC allows to impersonate
+    let user = match headers.get("impersonate-user").and_then(|v| v.to_str().ok()) {
+        None => user,
+        Some(target) => {
+            let groups: Vec<String> =
+                headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok().map(String::from)).collect();
+            let sa = target.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':'));
+            let attrs = match sa {
+                Some((ns, name)) => Attrs {
+                    verb: "impersonate".into(),
+                    group: String::new(),
+                    resource: "serviceaccounts".into(),
+                    subresource: String::new(),
+                    namespace: ns.into(),
+                    name: name.into(),
+                },
+                None => Attrs {
+                    verb: "impersonate".into(),
+                    group: String::new(),
+                    resource: "users".into(),
+                    subresource: String::new(),
+                    namespace: String::new(),
+                    name: target.into(),
+                },
+            };
+            let allowed = {
+                let st = inner.lock();
+                rbac::authorize(&st, &user, &attrs)
+            };
+            if !allowed {
+                return Err(ApiError::forbidden(attrs.forbidden_message(&user), &attrs.name, "", &attrs.resource));
+            }
+            match sa {
+                Some((ns, name)) => User::service_account(ns, name),
+                None => {
+                    let mut g = groups;
+                    g.push("system:authenticated".into());
+                    User { name: target.into(), groups: g, admin: false }
+                }
+            }
+        }
+    };
+
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(rp) = parse_resource_path(&segs) else {
+        if !rbac::non_resource_allowed(&user, &path, &method) {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "forbidden: User \"{}\" cannot {} path \"{}\"",
+                    user.name,
+                    method.as_str().to_lowercase(),
+                    path
+                ),
+            ));
+        }
+        let st = inner.lock();
+        if matches!(segs.as_slice(), ["healthz"] | ["livez"] | ["readyz"]) {
+            return Ok((StatusCode::OK, "ok").into_response());
+        }
+        return match discovery::handle(&inner, &st, &path, &accept) {
+            Some((ct, v)) => {
+                let body = serde_json::to_vec(&v).unwrap_or_default();
+                Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response())
+            }
+            None => Err(ApiError::path_not_found()),
+        };
+    };
+
+    let def = {
+        let st = inner.lock();
+        inner.lookup(&st, &rp.group, &rp.version, &rp.plural).ok_or_else(ApiError::path_not_found)?
+    };
+    if (!def.namespaced && !rp.ns.is_empty()) || (def.namespaced && rp.ns.is_empty() && !rp.name.is_empty()) {
+        return Err(ApiError::path_not_found());
+    }
+    if !(rp.sub.is_empty()
+        || (rp.sub == "status" && def.status_subresource)
+        || (rp.sub == "scale" && def.scale.is_some()))
+    {
+        return Err(ApiError::path_not_found());
+    }
+    let is_watch = rp.watch || query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (&method, rp.name.is_empty()) {
+        (&Method::GET, false) if !is_watch => "get",
+        (&Method::GET, _) if is_watch => "watch",
+        (&Method::GET, true) => "list",
+        (&Method::POST, true) => "create",
+        (&Method::PUT, false) => "update",
+        (&Method::PATCH, false) => "patch",
+        (&Method::DELETE, false) => "delete",
+        (&Method::DELETE, true) => "deletecollection",
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+    };
+    if !def.verbs.contains(&verb) {
+        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+    }
+    // a watch of one named object is a watch with a metadata.name field selector
+    let mut query = query;
+    if verb == "watch" && !rp.name.is_empty() {
+        query.insert("fieldSelector".into(), format!("metadata.name={}", rp.name));
+    }
+    let attrs = Attrs {
+        verb: verb.into(),
+        group: def.group.clone(),
+        resource: def.plural.clone(),
+        subresource: rp.sub.clone(),
+        namespace: rp.ns.clone(),
+        name: rp.name.clone(),
+    };
+    {
+        let st = inner.lock();
+        if !rbac::authorize(&st, &user, &attrs) {
+            return Err(ApiError::forbidden(attrs.forbidden_message(&user), &rp.name, &def.group, &def.plural));
+        }
+    }
+    let table_include = wants_table(&accept).then(|| query.get("includeObject").cloned().unwrap_or("Metadata".into()));
+
+    if verb == "watch" {
+        let body = watch::watch(inner.clone(), def, rp.version.clone(), rp.ns.clone(), &query, table_include)?;
+        return Ok(Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-cache, private")
+            .body(body)
+            .unwrap_or_else(|_| Response::new(Body::empty())));
+    }
+
+    let ctx = Ctx {
+        def,
+        version: rp.version.clone(),
+        ns: rp.ns.clone(),
+        user: &user,
+        query,
+        user_agent,
+        warnings: Default::default(),
+    };
+    let parse_body = || -> ApiResult<Value> {
+        if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+            super::proto::decode(&body).ok_or_else(|| {
+                ApiError::unsupported_media_type(&content_type, &["application/json", "application/yaml"])
+            })
+        } else if content_type.contains("yaml") {
+            serde_yaml_ng::from_slice(&body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))
+        }
+    };
+    let mut st = inner.lock();
+    if rp.sub == "scale" {
+        let out = match verb {
+            "get" => ops::scale(&mut st, &ctx, &rp.name, None)?,
+            "update" | "patch" => ops::scale(&mut st, &ctx, &rp.name, Some((&content_type, &body)))?,
+            _ => {
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ));
+            }
+        };
+        return Ok(json_response(200, &out));
+    }
+    let (code, out) = match verb {
+        "get" => {
+            let o = ops::get(&st, &ctx, &rp.name)?;
+            match &table_include {
+                Some(inc) => (
+                    200,
+                    table::table(
+                        &ctx.def,
+                        &ctx.version,
+                        &[o],
+                        inc,
+                        json!({"resourceVersion": st.rv.to_string()}),
+                        true,
+                    ),
+                ),
+                None => (200, o),
+            }
+        }
+        "list" => {
+            let l = ops::list(&st, &ctx)?;
+            match &table_include {
+                Some(inc) => {
+                    let items = l["items"].as_array().cloned().unwrap_or_default();
+                    (200, table::table(&ctx.def, &ctx.version, &items, inc, l["metadata"].clone(), true))
+                }
+                None => (200, l),
+            }
+        }
+        "create" => {
+            let b = parse_body()?;
+            if ctx.def.plural == "selfsubjectaccessreviews" {
+                let ra = &b["spec"]["resourceAttributes"];
+                let s = |k: &str| ra[k].as_str().unwrap_or_default().to_string();
+                let a = Attrs {
+                    verb: s("verb"),
+                    group: s("group"),
+                    resource: s("resource"),
+                    subresource: s("subresource"),
+                    namespace: s("namespace"),
+                    name: s("name"),
+                };
+                let allowed = rbac::authorize(&st, &user, &a);
+                let mut r = b.clone();
+                r["status"] = json!({"allowed": allowed});
+                r["apiVersion"] = json!("authorization.k8s.io/v1");
+                r["kind"] = json!("SelfSubjectAccessReview");
+                (201, r)
+            } else {
+                (201, ops::create(&mut st, &ctx, b)?)
+            }
+        }
+        "update" => (200, ops::update(&mut st, &ctx, &rp.name, &rp.sub, parse_body()?)?),
+        "patch" => ops::patch(&mut st, &ctx, &rp.name, &rp.sub, &content_type, &body)?,
+        "delete" | "deletecollection" => {
+            let mut opts: Value =
+                if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(json!({})) };
+            if let Some(p) = ctx.q("propagationPolicy") {
+                opts["propagationPolicy"] = json!(p);
+            }
+            if verb == "delete" {
+                ops::delete(&mut st, &ctx, &rp.name, &opts)?
+            } else {
+                (200, ops::delete_collection(&mut st, &ctx, &opts)?)
+            }
+        }
+        _ => return Err(ApiError::method_not_allowed("unsupported")),
+    };
+    drop(st);
+    let mut resp = json_response(code, &out);
+    for w in ctx.warnings.borrow().iter() {
+        let v = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
+        if let Ok(h) = http::HeaderValue::from_str(&v) {
+            resp.headers_mut().append(header::WARNING, h);
+        }
+    }
+    Ok(resp)
+}

@@ -1,0 +1,164 @@
+//! In-memory object storage: one global resourceVersion, a bounded window of change events for
+//! watches, and a broadcast channel to live watchers.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+use super::registry::ResourceDef;
+
+pub type ResKey = (String, String);
+pub type ObjKey = (String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as kept in the history window and sent to watchers.
+#[derive(Debug)]
+pub struct Change {
+    pub rv: u64,
+    pub res: ResKey,
+    pub namespace: String,
+    pub kind: EventType,
+    pub object: Value,
+    pub old: Option<Value>,
+}
+
+pub struct Store {
+    pub rv: u64,
+    objects: HashMap<ResKey, BTreeMap<ObjKey, Value>>,
+    pub history: VecDeque<Arc<Change>>,
+    /// The highest resourceVersion dropped from the history window (watches from below it get 410).
+    pub compacted: u64,
+    history_size: usize,
+    pub tx: broadcast::Sender<Arc<Change>>,
+    /// Custom resources defined by CRDs, by (group, plural).
+    pub custom: BTreeMap<ResKey, ResourceDef>,
+}
+
+pub fn rv_of(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+impl Store {
+    pub fn new(history_size: usize) -> Self {
+        let (tx, _) = broadcast::channel(8192);
+        Store {
+            rv: 1,
+            objects: HashMap::new(),
+            history: VecDeque::new(),
+            compacted: 0,
+            history_size: history_size.max(1),
+            tx,
+            custom: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, res: &ResKey, ns: &str, name: &str) -> Option<&Value> {
+        self.objects.get(res).and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+    }
+
+    /// Objects of a resource, in key order; `ns` None means all namespaces.
+    pub fn list(&self, res: &ResKey, ns: Option<&str>) -> Vec<&Value> {
+        match self.objects.get(res) {
+            None => vec![],
+            Some(m) => match ns {
+                None => m.values().collect(),
+                Some(ns) => m
+                    .range((ns.to_string(), String::new())..)
+                    .take_while(|((n, _), _)| n == ns)
+                    .map(|(_, v)| v)
+                    .collect(),
+            },
+        }
+    }
+
+    pub fn resources_with_objects_in(&self, ns: &str) -> Vec<ResKey> {
+        self.objects.iter().filter(|(_, m)| m.keys().any(|(n, _)| n == ns)).map(|(k, _)| k.clone()).collect()
+    }
+
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn record(&mut self, change: Change) {
+        let change = Arc::new(change);
+        self.history.push_back(change.clone());
+        while self.history.len() > self.history_size {
+            if let Some(c) = self.history.pop_front() {
+                self.compacted = c.rv;
+            }
+        }
+        let _ = self.tx.send(change);
+    }
+
+    /// Store `obj` (whose metadata.resourceVersion is already set to a fresh rv) and record it.
+    pub fn put(&mut self, res: &ResKey, obj: Value) {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let rv = rv_of(&obj);
+        let old = self.objects.entry(res.clone()).or_default().insert((ns.clone(), name), obj.clone());
+        let kind = if old.is_some() { EventType::Modified } else { EventType::Added };
+        self.record(Change { rv, res: res.clone(), namespace: ns, kind, object: obj, old });
+    }
+
+    /// Remove an object; the DELETED event carries it with a fresh resourceVersion.
+    pub fn remove(&mut self, res: &ResKey, ns: &str, name: &str) -> Option<Value> {
+        let mut obj = self.objects.get_mut(res)?.remove(&(ns.to_string(), name.to_string()))?;
+        let rv = self.next_rv();
+        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        self.record(Change {
+            rv,
+            res: res.clone(),
+            namespace: ns.to_string(),
+            kind: EventType::Deleted,
+            object: obj.clone(),
+            old: None,
+        });
+        Some(obj)
+    }
+
+    /// Objects with an ownerReference to `uid`, as (resource, namespace, name).
+    pub fn dependents_of(&self, uid: &str) -> Vec<(ResKey, String, String)> {
+        let mut out = vec![];
+        for (res, m) in &self.objects {
+            for ((ns, name), o) in m {
+                let owned = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
+                if owned {
+                    out.push((res.clone(), ns.clone(), name.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn uid_exists(&self, uid: &str) -> bool {
+        self.objects.values().any(|m| m.values().any(|o| o["metadata"]["uid"].as_str() == Some(uid)))
+    }
+
+    pub fn drop_resource(&mut self, res: &ResKey) {
+        let keys: Vec<ObjKey> = self.objects.get(res).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        for (ns, name) in keys {
+            self.remove(res, &ns, &name);
+        }
+        self.objects.remove(res);
+    }
+}
