@@ -1502,3 +1502,45 @@ async fn unknown_fields_warn_and_bad_cel_rules_reject_the_crd() {
     assert!(body["message"].as_str().unwrap().contains("size 7 is too big"), "{body}");
     s.shutdown().await;
 }
+
+/// `Accept: ...;as=PartialObjectMetadataList` (what kube's metadata watches send) gets metadata
+/// only: a metadata watch on Secrets never sees their data.
+#[tokio::test]
+async fn metadata_only_requests_never_carry_the_data() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::core::PartialObjectMeta;
+    let s = server().await;
+    let secrets: Api<Secret> = Api::namespaced(s.admin_client(), "default");
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"k": "hidden"}})).unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+
+    let client = reqwest::Client::new();
+    let list: Value = client
+        .get(format!("{}/api/v1/namespaces/default/secrets", s.url()))
+        .bearer_auth(s.admin_token())
+        .header("accept", "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(list["items"][0]["metadata"]["name"], "creds");
+    assert!(list["items"][0].get("data").is_none() && !list.to_string().contains("aGlkZGVu"), "{list}");
+
+    let metadata: Api<PartialObjectMeta<Secret>> = Api::namespaced(s.admin_client(), "default");
+    let mut events = watcher::watcher(metadata, watcher::Config::default()).boxed();
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap_or(Ok(None))
+    {
+        if let watcher::Event::InitApply(secret) | watcher::Event::Apply(secret) = event {
+            seen.push(secret.metadata.name.unwrap_or_default());
+            break;
+        }
+    }
+    assert_eq!(seen, ["creds"]);
+}

@@ -341,6 +341,8 @@ pub struct SyncReport {
     pub external: u32,
     pub over_quota: u32,
     pub tenant_total: u32,
+    /// The cap the engine keeps under (Defender's 15,000).
+    pub tenant_cap: u32,
     /// The last round's error: (reason, message).
     pub error: Option<(String, String)>,
 }
@@ -355,10 +357,8 @@ impl SyncReport {
                 false,
                 "QuotaExceeded",
                 format!(
-                    "{} indicators not pushed: the tenant holds {} of Defender's {} active indicators",
-                    self.over_quota,
-                    self.tenant_total,
-                    crate::defender::TENANT_INDICATOR_CAP
+                    "{} indicators not pushed: the tenant holds {} of the {} active indicators Defender allows",
+                    self.over_quota, self.tenant_total, self.tenant_cap
                 ),
             )
         } else if let Some((reason, message)) = &self.error {

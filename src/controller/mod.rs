@@ -17,7 +17,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, core::PartialObjectMeta};
+use kube::{Api, Client, Resource, ResourceExt, core::PartialObjectMeta};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
@@ -84,6 +84,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub triggers: Triggers,
     pub metrics: Arc<Metrics>,
+    pub secret_index: Arc<SecretIndex>,
     /// Consecutive failures per object, for exponential backoff (kube-runtime keeps none).
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -145,14 +146,15 @@ pub async fn run(
     let partner_controller =
         Controller::new(scoped::<DefenderPartner>(&client, &config.namespace), watcher::Config::default());
     let partners = partner_controller.store();
-    let secret_index = partners.clone();
+    let secret_index = Arc::new(SecretIndex::default());
+    let secrets_to_partners = secret_index.clone();
     let partner_controller = partner_controller
         // Metadata only: a Secret's change re-validates the partners that use it, which then
         // read the one Secret they need.
         .watches(
             scoped::<PartialObjectMeta<Secret>>(&client, &config.namespace),
             watcher::Config::default(),
-            move |secret| partners_using(&secret_index, &secret),
+            move |secret| secrets_to_partners.partners_using(&secret),
         )
         .reconcile_on(UnboundedReceiverStream::new(partner_rx))
         .graceful_shutdown_on(shutdown.clone());
@@ -179,6 +181,7 @@ pub async fn run(
         findings,
         triggers: Triggers { findings: finding_tx, partners: partner_tx },
         failures: Mutex::default(),
+        secret_index,
         metrics,
         config,
     });
@@ -227,19 +230,46 @@ where
     while tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await.is_err() {}
 }
 
-fn partners_using(
-    partners: &Store<DefenderPartner>,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<DefenderPartner>> {
-    partners
-        .state()
-        .iter()
-        .filter(|p| {
-            p.metadata.namespace == secret.metadata.namespace
-                && Some(&p.spec.credentials.secret_ref.name) == secret.metadata.name.as_ref()
-        })
-        .map(|p| ObjectRef::from_obj(&**p))
-        .collect()
+/// Which partners read which Secret, so that a Secret event reaches exactly its partners.
+/// Kept by the partner reconciler; read by the Secret watch's mapper.
+#[derive(Default)]
+pub struct SecretIndex {
+    /// (namespace, Secret name) → partner names.
+    users: Mutex<HashMap<(String, String), std::collections::BTreeSet<String>>>,
+}
+
+impl SecretIndex {
+    /// Records the Secret `partner` uses now (forgetting the one it used before).
+    pub fn record(&self, partner: &DefenderPartner) {
+        let (namespace, name) = (partner.namespace().unwrap_or_default(), partner.name_any());
+        let mut users = self.users.lock().unwrap();
+        remove_user(&mut users, &namespace, &name);
+        users.entry((namespace, partner.spec.credentials.secret_ref.name.clone())).or_default().insert(name);
+    }
+
+    pub fn forget(&self, partner: &DefenderPartner) {
+        let (namespace, name) = (partner.namespace().unwrap_or_default(), partner.name_any());
+        remove_user(&mut self.users.lock().unwrap(), &namespace, &name);
+    }
+
+    fn partners_using(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<DefenderPartner>> {
+        let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+        let key = (namespace.clone(), secret.metadata.name.clone().unwrap_or_default());
+        let users = self.users.lock().unwrap();
+        users
+            .get(&key)
+            .map(|names| names.iter().map(|name| ObjectRef::new(name).within(&namespace)).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn remove_user(users: &mut HashMap<(String, String), std::collections::BTreeSet<String>>, namespace: &str, name: &str) {
+    for ((ns, _), partners) in users.iter_mut() {
+        if ns == namespace {
+            partners.remove(name);
+        }
+    }
+    users.retain(|_, partners| !partners.is_empty());
 }
 
 fn log_controller_error<E: std::error::Error, W: std::error::Error>(
@@ -252,5 +282,47 @@ fn log_controller_error<E: std::error::Error, W: std::error::Error>(
             warn!(kind, object = %object, %error, "reconcile failed")
         }
         other => warn!(kind, error = %other, "controller error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partner(namespace: &str, name: &str, secret: &str) -> DefenderPartner {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"credentials": {"secretRef": {"name": secret}}}
+        }))
+        .unwrap()
+    }
+
+    fn secret(namespace: &str, name: &str) -> PartialObjectMeta<Secret> {
+        let mut secret = PartialObjectMeta::<Secret>::default();
+        secret.metadata.namespace = Some(namespace.into());
+        secret.metadata.name = Some(name.into());
+        secret
+    }
+
+    fn names(refs: Vec<ObjectRef<DefenderPartner>>) -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_partners_of_its_namespace_that_use_it() {
+        let index = SecretIndex::default();
+        index.record(&partner("a", "p1", "creds"));
+        index.record(&partner("a", "p2", "creds"));
+        index.record(&partner("b", "p3", "creds"));
+        assert_eq!(names(index.partners_using(&secret("a", "creds"))), ["p1", "p2"]);
+        assert_eq!(names(index.partners_using(&secret("b", "creds"))), ["p3"]);
+        assert!(index.partners_using(&secret("a", "other")).is_empty());
+
+        // p1 moves to another Secret; p2 is deleted.
+        index.record(&partner("a", "p1", "other"));
+        index.forget(&partner("a", "p2", "creds"));
+        assert!(index.partners_using(&secret("a", "creds")).is_empty());
+        assert_eq!(names(index.partners_using(&secret("a", "other"))), ["p1"]);
     }
 }

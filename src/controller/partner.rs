@@ -22,7 +22,7 @@ use super::{Context, Error, object_key};
 use crate::api::conditions;
 use crate::api::partner::{DefenderPartnerStatus, IndicatorCounts, TenantQuota};
 use crate::api::{DefenderPartner, DeletionPolicy, FINALIZER, MANAGER, PartnerState};
-use crate::defender::{Credentials, DefenderClient, TENANT_INDICATOR_CAP};
+use crate::defender::{Credentials, DefenderClient};
 
 pub async fn reconcile(partner: Arc<DefenderPartner>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<DefenderPartner> = Api::namespaced(ctx.client.clone(), &partner.namespace().unwrap_or_default());
@@ -81,6 +81,7 @@ struct SecretProblem {
 }
 
 async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, Error> {
+    ctx.secret_index.record(&partner);
     let marker = partner.owner_marker();
     if partner.spec.suspend {
         stop_engine(&partner, ctx);
@@ -177,6 +178,7 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
 /// Partner deleted: stop pushing; with `deletionPolicy: Delete`, withdraw its indicators first.
 /// If the credentials are gone, the finalizer is released with a Warning rather than hanging.
 async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, Error> {
+    ctx.secret_index.forget(&partner);
     stop_engine(&partner, ctx);
     if partner.spec.deletion_policy == DeletionPolicy::Retain || partner.spec.suspend {
         return Ok(Action::await_change());
@@ -410,10 +412,7 @@ fn attached(
             failed: r.failed + r.over_quota,
             external: r.external,
         }),
-        quota: report
-            .as_ref()
-            .filter(|r| r.ready)
-            .map(|r| TenantQuota { used: r.tenant_total, limit: TENANT_INDICATOR_CAP as u32 }),
+        quota: report.as_ref().filter(|r| r.ready).map(|r| TenantQuota { used: r.tenant_total, limit: r.tenant_cap }),
         ..previous.clone()
     }
 }

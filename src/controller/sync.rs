@@ -366,6 +366,7 @@ impl Worker {
             desired: desired.push.len() as u32,
             over_quota: over_quota as u32,
             tenant_total: view.tenant_total as u32,
+            tenant_cap: self.config.tenant_cap as u32,
             error: error.map(|e| (e.reason().to_string(), e.to_string())),
             ..Default::default()
         };

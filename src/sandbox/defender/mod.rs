@@ -208,6 +208,14 @@ impl Emulator {
         store.list(&tenant, None)
     }
 
+    /// Whether the tenant holds an active indicator with this value; cheap enough to poll.
+    pub fn holds(&self, tenant_id: &str, value: &str) -> bool {
+        let tenant = self.shared.tenant_id(tenant_id);
+        let mut store = self.shared.store.lock().unwrap();
+        store.purge(&tenant, self.shared.config.purge_expired_on_read, Timestamp::now());
+        store.holds_value(&tenant, value)
+    }
+
     /// Every request so far (token and API), in arrival order of their answers.
     pub fn calls(&self) -> Vec<CallRecord> {
         self.shared.calls.lock().unwrap().clone()

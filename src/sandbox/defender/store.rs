@@ -460,6 +460,12 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Whether an indicator with this value (any type, any case) is held: cheap, no JSON.
+    pub(crate) fn holds_value(&self, tenant: &str, value: &str) -> bool {
+        let value = value.to_lowercase();
+        self.tenants.get(tenant).is_some_and(|t| t.by_key.keys().any(|(_, v, _)| *v == value))
+    }
+
     pub(crate) fn get(&self, tenant: &str, id: &str, caller: Option<&Caller>) -> Option<Value> {
         let id: u64 = id.parse().ok()?;
         let s = self.tenants.get(tenant)?.items.get(&id)?;

@@ -77,6 +77,11 @@ fn wants_table(accept: &str) -> bool {
     accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
 }
 
+/// `as=PartialObjectMetadata` / `as=PartialObjectMetadataList`: metadata-only clients.
+fn wants_metadata(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+}
+
 async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -227,9 +232,11 @@ async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
         }
     }
     let table_include = wants_table(&accept).then(|| query.get("includeObject").cloned().unwrap_or("Metadata".into()));
+    let metadata_only = wants_metadata(&accept);
 
     if verb == "watch" {
-        let body = watch::watch(inner.clone(), def, rp.version.clone(), rp.ns.clone(), &query, table_include)?;
+        let body =
+            watch::watch(inner.clone(), def, rp.version.clone(), rp.ns.clone(), &query, table_include, metadata_only)?;
         return Ok(Response::builder()
             .status(200)
             .header(header::CONTENT_TYPE, "application/json")
@@ -287,6 +294,7 @@ async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
                         true,
                     ),
                 ),
+                None if metadata_only => (200, table::partial_metadata(&o)),
                 None => (200, o),
             }
         }
@@ -297,6 +305,7 @@ async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
                     let items = l["items"].as_array().cloned().unwrap_or_default();
                     (200, table::table(&ctx.def, &ctx.version, &items, inc, l["metadata"].clone(), true))
                 }
+                None if metadata_only => (200, table::partial_metadata_list(&l)),
                 None => (200, l),
             }
         }

@@ -325,6 +325,19 @@ pub fn table(
     })
 }
 
+/// An object as `PartialObjectMetadata` (`Accept: ...;as=PartialObjectMetadata`): metadata only,
+/// so a metadata watch on Secrets never carries their data.
+pub fn partial_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"].clone()})
+}
+
+/// A list as `PartialObjectMetadataList`.
+pub fn partial_metadata_list(list: &Value) -> Value {
+    let items: Vec<Value> =
+        list["items"].as_array().map(|items| items.iter().map(partial_metadata).collect()).unwrap_or_default();
+    json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list["metadata"].clone(), "items": items})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

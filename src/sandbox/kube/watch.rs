@@ -27,6 +27,7 @@ struct Filter {
     ls: LabelSelector,
     fs: FieldSelector,
     table: Option<String>,
+    metadata_only: bool,
 }
 
 impl Filter {
@@ -46,6 +47,7 @@ impl Filter {
             Some(include) => {
                 table::table(&self.def, &self.version, std::slice::from_ref(obj), include, json!({}), false)
             }
+            None if self.metadata_only => table::partial_metadata(&present(obj, &self.def, &self.version)),
             None => present(obj, &self.def, &self.version),
         };
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
@@ -94,6 +96,7 @@ pub(crate) fn watch(
     ns: String,
     q: &HashMap<String, String>,
     table: Option<String>,
+    metadata_only: bool,
 ) -> ApiResult<Body> {
     let get = |k: &str| q.get(k).map(|s| s.as_str());
     let ls = LabelSelector::parse(get("labelSelector").unwrap_or(""))?;
@@ -108,7 +111,7 @@ pub(crate) fn watch(
             "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
         ));
     }
-    let filter = Filter { def, version, ns, ls, fs, table };
+    let filter = Filter { def, version, ns, ls, fs, table, metadata_only };
     let mut first: Vec<Bytes> = vec![];
     let (rx, start_rv) = {
         let st = inner.lock();

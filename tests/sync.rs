@@ -1,0 +1,151 @@
+//! The sync engine at Defender's limits: drift repaired, expired values left alone, the tenant
+//! cap respected, and an operator killed mid-batch recovers without duplicates.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use defender_operator::api::conditions::{INDICATORS_SYNCED, find};
+use defender_operator::api::{DefenderPartner, DeliveryState, ProbeFinding};
+use defender_operator::controller::sync::EngineConfig;
+use defender_operator::sandbox::SandboxOptions;
+use defender_operator::sandbox::defender::{EmulatorConfig, Endpoint, sandbox_values as sv};
+use futures::StreamExt;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::json;
+
+fn fast_resync() -> SandboxOptions {
+    let mut options = SandboxOptions::default();
+    options.engine.resync = Duration::from_secs(1);
+    options.engine.tick = Duration::from_millis(500);
+    options
+}
+
+#[tokio::test]
+async fn an_indicator_deleted_in_the_portal_is_pushed_again_but_an_expired_one_is_not() {
+    let world = world_with(fast_resync()).await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({"indicator": {"expireAfter": "1h"}})).await;
+    world.attached("default", "defender").await;
+    world.finding("default", "live", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    // Observed 2 h ago with a 1 h expiry: nothing to push.
+    world
+        .finding(
+            "default",
+            "old",
+            &[sha256(2)],
+            json!({"state": "UNPROTECTED", "observedTime": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    world.ready_finding("default", "live").await;
+    let old = world
+        .wait_for("default", "old", WAIT, |f: &ProbeFinding| {
+            f.status.as_ref().is_some_and(|s| s.deliveries.first().is_some_and(|d| d.state == DeliveryState::Expired))
+        })
+        .await
+        .unwrap();
+    assert_eq!(old.status.unwrap().deliveries[0].state, DeliveryState::Expired);
+
+    // Someone deletes the live one in the Defender portal.
+    let id = world.indicators()[0]["id"].as_str().unwrap().to_string();
+    assert!(world.defender.remove_indicator(sv::TENANT_ID, &id));
+    eventually("drift repaired", WAIT, || world.indicator_values(sv::TENANT_ID) == vec![sha256(1)]).await;
+    assert_ne!(world.indicators()[0]["id"].as_str().unwrap(), id, "pushed again as a new indicator");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(world.indicator_values(sv::TENANT_ID), vec![sha256(1)], "the expired value is never pushed");
+}
+
+#[tokio::test]
+async fn pushing_stops_before_the_tenant_cap_with_quota_exceeded() {
+    let mut options = SandboxOptions::default();
+    options.emulator = EmulatorConfig { indicator_cap: 10, ..EmulatorConfig::sandbox() };
+    options.engine = EngineConfig { tenant_cap: 10, ..options.engine };
+    let world = world_with(options).await;
+    for i in 0..7 {
+        world.defender.insert_indicator(
+            sv::TENANT_ID,
+            json!({"indicatorValue": sha256(100 + i), "indicatorType": "FileSha256", "title": "other tool"}),
+        );
+    }
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.attached("default", "defender").await;
+    for i in 0..5 {
+        world.finding("default", &format!("f{i}"), &[sha256(i)], json!({"state": "UNPROTECTED"})).await;
+    }
+    let partner = world
+        .wait_for("default", "defender", WAIT, |p: &DefenderPartner| {
+            p.status.as_ref().is_some_and(|s| {
+                find(&s.conditions, INDICATORS_SYNCED).is_some_and(|c| c.reason == "QuotaExceeded")
+                    && s.quota.as_ref().is_some_and(|q| q.used == 10)
+            })
+        })
+        .await
+        .unwrap();
+    let status = partner.status.unwrap();
+    assert_eq!(find(&status.conditions, INDICATORS_SYNCED).unwrap().status, "False");
+    assert_eq!(status.quota.as_ref().map(|q| q.limit), Some(10));
+    assert_eq!(status.indicators.as_ref().map(|i| (i.submitted, i.failed)), Some((3, 2)));
+    assert_eq!(world.indicators().len(), 10, "3 pushed, 2 held back, nothing failed at Defender");
+    let refused_by_defender = world.defender.calls().into_iter().filter(|c| c.status >= 400).count();
+    assert_eq!(refused_by_defender, 0, "the operator stopped before the cap instead of hitting it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_batch_restarts_without_duplicates_and_delivers_everything() {
+    const FINDINGS: u32 = 1_200;
+    let mut world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.attached("default", "defender").await;
+    // Slow Defender: each import takes a while, so the kill lands with a batch in flight.
+    world.defender.set_latency(Duration::from_millis(700));
+
+    let findings: Api<ProbeFinding> = Api::namespaced(world.admin.clone(), "default");
+    futures::stream::iter(0..FINDINGS)
+        .for_each_concurrent(16, |i| {
+            let world = &world;
+            async move { world.finding("default", &format!("f{i}"), &[sha256(i)], json!({"code": 101})).await }
+        })
+        .await;
+    eventually("the first batch landed", Duration::from_secs(60), || !world.indicators().is_empty()).await;
+    let landed_before_kill = world.indicators().len();
+    assert!(landed_before_kill < FINDINGS as usize, "killed before the end");
+    world.operator.take().unwrap().kill();
+
+    world.defender.clear_calls();
+    world.defender.set_latency(Duration::ZERO);
+    world.operator = Some(world.start_operator());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let list = findings.list(&ListParams::default()).await.unwrap();
+        let submitted = list
+            .items
+            .iter()
+            .filter(|f| {
+                f.status.as_ref().is_some_and(|s| s.deliveries.iter().any(|d| d.state == DeliveryState::Submitted))
+            })
+            .count();
+        if submitted == FINDINGS as usize {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {submitted} of {FINDINGS} Submitted after the restart");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let values = world.indicator_values(sv::TENANT_ID);
+    let mut unique = values.clone();
+    unique.dedup();
+    assert_eq!(values.len(), FINDINGS as usize, "every UNPROTECTED finding is in Defender");
+    assert_eq!(unique.len(), values.len(), "no duplicates");
+    // The restarted operator read Defender first and sent only what was missing.
+    let calls = world.defender.calls();
+    let first_import = calls.iter().position(|c| c.endpoint == Endpoint::ImportIndicators);
+    let first_list = calls.iter().position(|c| c.endpoint == Endpoint::ListIndicators);
+    assert!(first_list.is_some() && (first_import.is_none() || first_list < first_import), "listed before importing");
+    let imports = calls.iter().filter(|c| c.endpoint == Endpoint::ImportIndicators).count();
+    let missing = FINDINGS as usize - landed_before_kill;
+    assert!(imports <= missing.div_ceil(500) + 1, "{imports} imports for at most {missing} missing values");
+}
