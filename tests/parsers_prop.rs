@@ -5,9 +5,6 @@
 //! Each property runs 256 cases by default (the HTTP-backed ones fewer); `PROPTEST_CASES=N` sets
 //! every property to N cases, e.g. `PROPTEST_CASES=20000 cargo test --release --test parsers_prop`
 //! for a longer run. The coverage-guided fuzz targets for the same parsers live in `fuzz/`.
-//!
-//! Properties marked `#[ignore = "BUG: ..."]` currently fail; each names the input that breaks
-//! it. Run them with `cargo test --test parsers_prop -- --ignored`.
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -225,7 +222,8 @@ mod token {
                 body["resource"] = json!("https://api.securitycenter.microsoft.com");
             }
             let issued = parse_token_response(body.to_string().as_bytes()).unwrap();
-            prop_assert_eq!(issued.lifetime, Duration::from_secs(seconds));
+            // Trusted up to a day: longer claims are capped.
+            prop_assert_eq!(issued.lifetime, Duration::from_secs(seconds.min(24 * 3600)));
             prop_assert_eq!(issued.claims.tenant_id.as_deref(), Some("t"));
         }
 
@@ -249,7 +247,7 @@ mod token {
             let issued = parse_token_response(body.to_string().as_bytes()).unwrap();
             match exp_in {
                 Some(k) => prop_assert!(
-                    issued.lifetime.as_secs().abs_diff(k as u64) <= 5, "{:?} vs {k}", issued.lifetime),
+                    issued.lifetime.as_secs().abs_diff((k as u64).min(24 * 3600)) <= 5, "{:?} vs {k}", issued.lifetime),
                 None => prop_assert_eq!(issued.lifetime, DEFAULT_LIFETIME),
             }
         }
@@ -361,9 +359,6 @@ mod token {
         /// The secret is never shown even when Entra (or something pretending to be it) echoes it
         /// in the `error` field and sends no usable description.
         #[test]
-        #[ignore = "BUG: classify_token_error echoes `error` unredacted when the description is absent or empty: \
-                    {\"error\":\"invalid_client <secret>\"} gives the message \
-                    \"Entra refused the token request (HTTP 400 invalid_client <secret>)\""]
         fn secret_in_error_field_never_shown(
             secret in arb_secret(),
             before in "[a-z_ ]{0,12}",
@@ -380,10 +375,6 @@ mod token {
 
         /// Whatever `expires_in` and `exp` a 200 body carries, the token can be parsed and cached.
         #[test]
-        #[ignore = "BUG: a huge lifetime panics: {\"expires_in\":1e30} makes TokenCache::get panic with \
-                    'overflow when adding duration to instant'; a JWT with \"exp\": -9223372036854775808 and no \
-                    expires_in makes parse_token_response panic with 'attempt to subtract with overflow' \
-                    (token.rs, `exp - now`) in debug builds and wrap in release"]
         fn any_lifetime_can_be_cached(
             expires_in in prop::option::of(prop_oneof![
                 any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
@@ -1100,7 +1091,11 @@ mod odata {
                 Credentials { tenant_id: TENANT.into(), client_id: APP.into(), client_secret: "s".to_string().into() },
                 &policy,
                 Arc::new(RateLimiter::new(limits)),
-                ClientOptions { request_timeout: Duration::from_secs(10), list_page_size: page_size },
+                ClientOptions {
+                    request_timeout: Duration::from_secs(10),
+                    list_page_size: page_size,
+                    ..ClientOptions::default()
+                },
             )
             .unwrap()
         }
@@ -1721,9 +1716,6 @@ mod finding {
 
         /// `duration::parse` never panics.
         #[test]
-        #[ignore = "BUG: duration::parse(\"99999999999999999999h\") panics in Duration::from_secs_f64 ('cannot convert \
-                    float seconds to Duration: value is either too big or NaN'); the CRD pattern admits it, so a \
-                    DefenderPartner with revalidateInterval or indicator.expireAfter set so panics the reconciler"]
         fn duration_parse_never_panics(text in prop_oneof![
             any::<String>(),
             "[0-9]{15,40}(\\.[0-9]{1,3})?(ms|s|m|h)",
@@ -1733,9 +1725,6 @@ mod finding {
 
         /// The parser accepts exactly what the schema pattern admits.
         #[test]
-        #[ignore = "BUG (minor): duration::parse accepts what api::duration::PATTERN refuses: \".5h\", \"1.h\", \
-                    \" 1h\" \
-                    (leading/trailing dot, surrounding spaces); the CRD schema refuses these first"]
         fn duration_parse_agrees_with_pattern(text in "[ ]?[0-9.]{1,4}(ms|s|m|h)[ ]?") {
             let pattern = regex::Regex::new(duration::PATTERN).unwrap();
             prop_assert_eq!(duration::parse(&text).is_ok(), pattern.is_match(&text), "{:?}", text);

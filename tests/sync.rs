@@ -149,3 +149,32 @@ async fn an_operator_killed_mid_batch_restarts_without_duplicates_and_delivers_e
     let missing = FINDINGS as usize - landed_before_kill;
     assert!(imports <= missing.div_ceil(500) + 1, "{imports} imports for at most {missing} missing values");
 }
+
+#[tokio::test]
+async fn a_lone_finding_does_not_wait_for_a_spent_import_budget() {
+    let mut world = world().await;
+    let operator = world.operator.take().unwrap();
+    eventually("the first operator is ready", WAIT, || operator.health.is_ready()).await;
+    operator.stop().await;
+    let mut config = world.operator_config();
+    config.rate_limits = Some(defender_operator::defender::RateLimits { import_per_minute: 1, ..Default::default() });
+    world.operator = Some(world.start_operator_with(config));
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.attached("default", "defender").await;
+
+    for i in 0..3 {
+        let started = tokio::time::Instant::now();
+        world.finding("default", &format!("lone-{i}"), &[sha256(i)], json!({"state": "UNPROTECTED"})).await;
+        eventually("the lone finding's indicator is in Defender", Duration::from_secs(5), || {
+            world.defender.holds(sv::TENANT_ID, &sha256(i))
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(3), "finding {i} took {:?}", started.elapsed());
+    }
+    let calls = world.defender.calls();
+    let count = |endpoint| calls.iter().filter(|c| c.endpoint == endpoint).count();
+    assert_eq!(count(Endpoint::ImportIndicators), 1, "one import while the budget lasted");
+    assert_eq!(count(Endpoint::SubmitIndicator), 2, "then single submits");
+    assert!(calls.iter().all(|c| c.status != 429), "never throttled");
+}

@@ -3,7 +3,7 @@
 
 pub mod decide;
 mod finding;
-mod partner;
+pub(crate) mod partner;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -26,6 +26,9 @@ use crate::api::{DefenderPartner, ProbeFinding};
 use crate::defender::{HostPolicy, RateLimiter, RateLimits};
 use crate::telemetry::{Health, Metrics};
 use sync::{EngineConfig, Engines, Triggers};
+
+/// How long in-flight reconciles may finish after shutdown (the Deployment allows 30 s).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What `run` needs to know; built from the command line.
 #[derive(Clone, Debug, Default)]
@@ -215,8 +218,15 @@ pub async fn run(
         }
         futures::future::ready(())
     });
-    futures::join!(partners, findings);
-    info!("controllers stopped");
+    // Draining is bounded: a shutdown that lands mid-start must not outlive the pod's grace period.
+    let drain_deadline = async {
+        shutdown.await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        _ = async { futures::join!(partners, findings) } => info!("controllers stopped"),
+        _ = drain_deadline => warn!("controllers did not drain within {DRAIN_TIMEOUT:?}; stopping anyway"),
+    }
 }
 
 /// Waits until a reflector store has its first complete list.

@@ -22,7 +22,7 @@ use super::{Context, Error, object_key};
 use crate::api::conditions;
 use crate::api::partner::{DefenderPartnerStatus, IndicatorCounts, TenantQuota};
 use crate::api::{DefenderPartner, DeletionPolicy, FINALIZER, MANAGER, PartnerState};
-use crate::defender::{Credentials, DefenderClient};
+use crate::defender::{ClientOptions, Credentials, DefenderClient, Validation};
 
 pub async fn reconcile(partner: Arc<DefenderPartner>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<DefenderPartner> = Api::namespaced(ctx.client.clone(), &partner.namespace().unwrap_or_default());
@@ -99,14 +99,7 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
         }
     };
     let hash = credentials_hash(&credentials);
-    let client = match DefenderClient::new(
-        ctx.http.clone(),
-        partner.spec.cloud,
-        partner.spec.api.as_deref(),
-        credentials,
-        &ctx.config.host_policy,
-        ctx.limiter.clone(),
-    ) {
+    let client = match defender_client(&partner, credentials, ctx) {
         Ok(client) => client,
         Err(error) => {
             stop_engine(&partner, ctx);
@@ -125,27 +118,16 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
     {
         // Nothing changed since the last validation: only refresh what the engine reports.
         ensure_engine(&partner, client, identity, ctx);
-        let status = attached(&partner, &previous, previous.last_validated_time.clone(), ctx);
+        let status = attached(&partner, &previous, None, ctx);
         write_status(&partner, status, ctx).await?;
         return Ok(Action::requeue(jittered(remaining)));
     }
 
     match client.validate().await {
         Ok(validation) => {
-            let mut granted = validation.granted.clone();
-            granted.sort();
             ensure_engine(&partner, client, identity, ctx);
-            let mut status = attached(&partner, &previous, Some(now()), ctx);
-            status.tenant_id = Some(validation.tenant_id);
-            status.client_id = Some(validation.client_id);
+            let mut status = attached(&partner, &previous, Some(&validation), ctx);
             status.credentials_hash = Some(hash);
-            status.granted_permissions = granted.clone();
-            status.missing_permissions = validation.missing_optional.clone();
-            let (_, verdicts) = partner_conditions(
-                &Attachment::Attached { granted, missing_optional: validation.missing_optional },
-                ctx.engines.get(&marker).map(|e| e.report()).as_ref(),
-            );
-            status.conditions = conditions::merge(&previous.conditions, &verdicts, partner.metadata.generation, &now());
             write_status(&partner, status, ctx).await?;
             Ok(Action::requeue(jittered(interval)))
         }
@@ -185,15 +167,7 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
     }
     let marker = partner.owner_marker();
     let client = match read_credentials(&partner, ctx).await? {
-        Ok(credentials) => DefenderClient::new(
-            ctx.http.clone(),
-            partner.spec.cloud,
-            partner.spec.api.as_deref(),
-            credentials,
-            &ctx.config.host_policy,
-            ctx.limiter.clone(),
-        )
-        .map_err(|e| e.to_string()),
+        Ok(credentials) => defender_client(&partner, credentials, ctx).map_err(|e| e.to_string()),
         Err(problem) => Err(problem.message),
     };
     let client = match client {
@@ -225,6 +199,24 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
             Ok(Action::await_change())
         }
     }
+}
+
+/// The partner's Defender client: the operator's host policy, the shared rate limiter, metrics.
+fn defender_client(
+    partner: &DefenderPartner,
+    credentials: Credentials,
+    ctx: &Context,
+) -> Result<DefenderClient, crate::defender::DefenderError> {
+    let options = ClientOptions { observer: Some(ctx.metrics.clone()), ..Default::default() };
+    DefenderClient::with_options(
+        ctx.http.clone(),
+        partner.spec.cloud,
+        partner.spec.api.as_deref(),
+        credentials,
+        &ctx.config.host_policy,
+        ctx.limiter.clone(),
+        options,
+    )
 }
 
 /// A deletion stuck on an unreachable Defender is released after this long.
@@ -307,7 +299,7 @@ fn credentials_from(secret: &Secret, partner: &DefenderPartner) -> Result<Creden
 }
 
 /// SHA-256 over the values used, so rotation is noticed without storing them.
-fn credentials_hash(credentials: &Credentials) -> String {
+pub(crate) fn credentials_hash(credentials: &Credentials) -> String {
     let mut hasher = Sha256::new();
     for part in [&credentials.tenant_id, &credentials.client_id, credentials.client_secret.expose_secret()] {
         hasher.update(part.as_bytes());
@@ -374,18 +366,28 @@ fn stop_engine(partner: &DefenderPartner, ctx: &Context) {
     }
 }
 
-/// Status of an attached partner, with the engine's counts.
+/// Status of an attached partner, with the engine's counts: from a fresh `validation`, or
+/// (`None`) from the previous status when nothing needed re-validating.
 fn attached(
     partner: &DefenderPartner,
     previous: &DefenderPartnerStatus,
-    validated: Option<Time>,
+    validation: Option<&Validation>,
     ctx: &Context,
 ) -> DefenderPartnerStatus {
+    let mut status = previous.clone();
+    if let Some(validation) = validation {
+        status.tenant_id = Some(validation.tenant_id.clone());
+        status.client_id = Some(validation.client_id.clone());
+        status.granted_permissions = validation.granted.clone();
+        status.granted_permissions.sort();
+        status.missing_permissions = validation.missing_optional.clone();
+        status.last_validated_time = Some(now());
+    }
     let report = ctx.engines.get(&partner.owner_marker()).map(|e| e.report());
     let (state, verdicts) = partner_conditions(
         &Attachment::Attached {
-            granted: previous.granted_permissions.clone(),
-            missing_optional: previous.missing_permissions.clone(),
+            granted: status.granted_permissions.clone(),
+            missing_optional: status.missing_permissions.clone(),
         },
         report.as_ref(),
     );
@@ -404,7 +406,6 @@ fn attached(
             Some(PartnerState::Attached) => previous.attached_time.clone().or_else(|| Some(now())),
             _ => Some(now()),
         },
-        last_validated_time: validated,
         indicators: report.as_ref().map(|r| IndicatorCounts {
             desired: r.desired,
             submitted: r.submitted,
@@ -413,7 +414,7 @@ fn attached(
             external: r.external,
         }),
         quota: report.as_ref().filter(|r| r.ready).map(|r| TenantQuota { used: r.tenant_total, limit: r.tenant_cap }),
-        ..previous.clone()
+        ..status
     }
 }
 

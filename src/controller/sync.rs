@@ -19,7 +19,12 @@ use tracing::{debug, info, warn};
 use super::decide::{self, Desired, Holder, PartnerSettings, Remote, SyncReport, ValueStatus};
 use crate::api::finding::IndicatorKey;
 use crate::api::{DefenderPartner, IndicatorType, ProbeFinding};
-use crate::defender::{APPLICATION, BatchDeleteOutcome, DefenderClient, DefenderError, Indicator, MAX_BATCH};
+use crate::defender::{
+    APPLICATION, BatchDeleteOutcome, DefenderClient, DefenderError, EndpointClass, Indicator, MAX_BATCH,
+};
+
+/// Up to this many values, single submits may stand in for an import call.
+const SUBMIT_AT_MOST: usize = 5;
 
 /// Tunables of the engine (defaults suit production; tests shorten them).
 #[derive(Clone, Debug)]
@@ -311,31 +316,60 @@ impl Worker {
         changed: &mut BTreeSet<IndicatorKey>,
     ) -> Result<(), DefenderError> {
         for batch in indicators.chunks(MAX_BATCH) {
+            // A few values while the import budget (30/min) is spent: one submit each, from the
+            // larger budget of 100/min, rather than waiting up to a minute.
+            if batch.len() <= SUBMIT_AT_MOST
+                && !self.client.has_budget(EndpointClass::Import).await
+                && self.client.has_budget(EndpointClass::Other).await
+            {
+                for indicator in batch {
+                    let outcome = match self.client.submit(indicator).await {
+                        Ok(created) => Ok(created.id),
+                        Err(DefenderError::Api { status: 400, code, message, .. }) => Err(format!("{code}: {message}")),
+                        Err(error) => return Err(error),
+                    };
+                    self.record(indicator, outcome, changed);
+                }
+                continue;
+            }
             let results = self.client.import(batch).await?;
             let by_value: HashMap<String, &crate::defender::ImportResult> =
                 results.iter().map(|r| (r.indicator.to_ascii_lowercase(), r)).collect();
-            let mut view = self.view.lock().unwrap();
             for indicator in batch {
-                let Some(key) = key_from(&indicator.indicator_type, &indicator.indicator_value) else { continue };
-                match by_value.get(&indicator.indicator_value.to_ascii_lowercase()) {
+                let outcome = match by_value.get(&indicator.indicator_value.to_ascii_lowercase()) {
                     Some(result) if !result.is_failed && result.id.is_some() => {
-                        view.failed.remove(&key);
-                        view.remote.insert(key.clone(), Remote { id: result.id.clone().unwrap(), holder: Holder::Us });
-                        view.tenant_total += 1;
+                        Ok(result.id.clone().unwrap_or_default())
                     }
-                    Some(result) => {
-                        let why = result.failure_reason.clone().unwrap_or_else(|| "refused by Defender".into());
-                        view.failed.insert(key.clone(), why);
-                    }
-                    None => {
-                        view.failed.insert(key.clone(), "Defender returned no result for this value".into());
-                    }
-                }
-                changed.insert(key);
+                    Some(result) => Err(result.failure_reason.clone().unwrap_or_else(|| "refused by Defender".into())),
+                    None => Err("Defender returned no result for this value".into()),
+                };
+                self.record(indicator, outcome, changed);
             }
             debug!(count = batch.len(), "imported a batch");
         }
         Ok(())
+    }
+
+    /// Records what Defender did with one value: its id, or why it refused it.
+    fn record(
+        &self,
+        indicator: &crate::defender::NewIndicator,
+        outcome: Result<String, String>,
+        changed: &mut BTreeSet<IndicatorKey>,
+    ) {
+        let Some(key) = key_from(&indicator.indicator_type, &indicator.indicator_value) else { return };
+        let mut view = self.view.lock().unwrap();
+        match outcome {
+            Ok(id) => {
+                view.failed.remove(&key);
+                view.remote.insert(key.clone(), Remote { id, holder: Holder::Us });
+                view.tenant_total += 1;
+            }
+            Err(why) => {
+                view.failed.insert(key.clone(), why);
+            }
+        }
+        changed.insert(key);
     }
 
     async fn withdraw(&self, ids: &[String], changed: &mut BTreeSet<IndicatorKey>) -> Result<(), DefenderError> {

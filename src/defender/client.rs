@@ -45,17 +45,45 @@ pub fn default_http_client() -> Result<reqwest::Client, DefenderError> {
 }
 
 /// Tunables of a [`DefenderClient`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Timeout of each request (token and API).
     pub request_timeout: Duration,
     /// `$top` of each list page (at most 10,000).
     pub list_page_size: usize,
+    /// Told about every API call (metrics); the client itself knows no metrics library.
+    pub observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("request_timeout", &self.request_timeout)
+            .field("list_page_size", &self.list_page_size)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// Sees each Defender API call: its operation (`list`, `submit`, `import`, `delete`,
+/// `batch_delete`), HTTP status (`None` when no answer came) and duration.
+pub trait CallObserver: Send + Sync {
+    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+}
+
+fn operation(class: EndpointClass, method: &Method) -> &'static str {
+    match class {
+        EndpointClass::Import => "import",
+        EndpointClass::BatchDelete => "batch_delete",
+        EndpointClass::Other if method == Method::GET => "list",
+        EndpointClass::Other if method == Method::DELETE => "delete",
+        EndpointClass::Other => "submit",
+    }
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { request_timeout: REQUEST_TIMEOUT, list_page_size: MAX_PAGE }
+        ClientOptions { request_timeout: REQUEST_TIMEOUT, list_page_size: MAX_PAGE, observer: None }
     }
 }
 
@@ -389,6 +417,16 @@ impl DefenderClient {
     }
 
     /// `POST /api/indicators` (create or update one).
+    /// Whether a call of `class` would go out now, without waiting for the rate limiter.
+    pub async fn has_budget(&self, class: EndpointClass) -> bool {
+        let inner = &self.inner;
+        let tenant = match self.token().await {
+            Ok(token) => token.claims.tenant_id.clone().unwrap_or_else(|| inner.credentials.tenant_id.clone()),
+            Err(_) => inner.credentials.tenant_id.clone(),
+        };
+        inner.limiter.would_allow(&tenant, &inner.credentials.client_id, class)
+    }
+
     pub async fn submit(&self, indicator: &NewIndicator) -> Result<Indicator, DefenderError> {
         let body = serde_json::to_value(indicator).map_err(|e| DefenderError::Config(e.to_string()))?;
         let url = self.url("/api/indicators")?;
@@ -507,7 +545,13 @@ impl DefenderClient {
         }
         let unreachable =
             |e: reqwest::Error| DefenderError::Unreachable { host: host.clone(), message: describe_reqwest(&e) };
-        let response = request.send().await.map_err(unreachable)?;
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        if let Some(observer) = &inner.options.observer {
+            let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+            observer.observe(operation(class, &method), status, started.elapsed());
+        }
+        let response = sent.map_err(unreachable)?;
         let status = response.status().as_u16();
         tracing::debug!(%method, path = url.path(), status, class = class.as_str(), "defender call");
         if status == 429 {

@@ -18,7 +18,7 @@ pub mod ratelimit;
 pub mod token;
 
 pub use allowlist::{AllowList, HostPolicy};
-pub use client::{ClientOptions, DefenderClient, Validation, default_http_client};
+pub use client::{CallObserver, ClientOptions, DefenderClient, Validation, default_http_client};
 pub use cloud::CloudEndpoints;
 pub use error::DefenderError;
 pub use indicators::{BatchDeleteOutcome, ImportResult, Indicator, NewIndicator};

@@ -50,6 +50,9 @@ impl std::fmt::Debug for AccessToken {
 /// Lifetime assumed when Entra sends neither `expires_in` nor a readable `exp`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// The longest lifetime the cache believes.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// How long before expiry a token is refreshed: the earlier of 90 % of its lifetime and 5 minutes
 /// before expiry, but never earlier than half its lifetime (so short-lived tokens are still reused).
 pub fn refresh_margin(lifetime: Duration) -> Duration {
@@ -114,11 +117,14 @@ pub fn parse_token_response(body: &[u8]) -> Result<IssuedToken, DefenderError> {
             .expires
             .and_then(|exp| {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
-                u64::try_from(exp - now).ok()
+                u64::try_from(exp.checked_sub(now)?).ok()
             })
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LIFETIME),
     };
+    // Entra's tokens live about an hour; whatever a body claims, the cache never trusts more
+    // than a day (and `Instant` arithmetic never overflows).
+    let lifetime = lifetime.min(MAX_LIFETIME);
     Ok(IssuedToken { secret: SecretString::from(token), claims, lifetime })
 }
 
@@ -213,7 +219,9 @@ pub fn classify_token_error(status: u16, body: &[u8], retry_after: Option<Durati
         serde_json::Value::String(s) => s.trim().parse().ok(),
         _ => None,
     });
-    let error = parsed.error.as_deref().unwrap_or("").trim();
+    // `error` is outside text too: one line, clipped, the secret blanked, like the description.
+    let error = sanitize_description(parsed.error.as_deref().unwrap_or(""), secret);
+    let error = error.as_str();
     let (reason, transient) =
         aadsts.and_then(reason_for_aadsts).or_else(|| reason_for_error(error)).unwrap_or(match status {
             429 => ("Throttled", true),

@@ -22,6 +22,18 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DefenderLabels {
+    pub operation: &'static str,
+    /// The HTTP status, or `error` when no answer came.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -34,6 +46,9 @@ pub struct Metrics {
     pub indicators: Family<StateLabels, Gauge>,
     pub quota_used: Gauge,
     pub kube_requests: Counter,
+    pub defender_requests: Family<DefenderLabels, Counter>,
+    pub defender_request_duration: Family<OperationLabels, Histogram>,
+    pub defender_throttled: Family<OperationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,7 +72,38 @@ impl Default for Metrics {
         );
         let kube_requests = Counter::default();
         registry.register("kube_requests", "Requests sent to the Kubernetes API server", kube_requests.clone());
-        Self { registry, reconciles, reconcile_duration, partners, indicators, quota_used, kube_requests }
+        let defender_requests = Family::<DefenderLabels, Counter>::default();
+        registry.register(
+            "defender_requests",
+            "Defender API calls by operation and HTTP status",
+            defender_requests.clone(),
+        );
+        let defender_request_duration = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register(
+            "defender_request_duration_seconds",
+            "Defender API call latency by operation",
+            defender_request_duration.clone(),
+        );
+        let defender_throttled = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "defender_throttled",
+            "Defender API calls answered 429 (throttled)",
+            defender_throttled.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            partners,
+            indicators,
+            quota_used,
+            kube_requests,
+            defender_requests,
+            defender_request_duration,
+            defender_throttled,
+        }
     }
 }
 
@@ -71,6 +117,17 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("metrics encode to a String");
         text
+    }
+}
+
+impl crate::defender::CallObserver for Metrics {
+    fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: std::time::Duration) {
+        let status_label = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.defender_requests.get_or_create(&DefenderLabels { operation, status: status_label }).inc();
+        self.defender_request_duration.get_or_create(&OperationLabels { operation }).observe(elapsed.as_secs_f64());
+        if status == Some(429) {
+            self.defender_throttled.get_or_create(&OperationLabels { operation }).inc();
+        }
     }
 }
 
@@ -107,5 +164,24 @@ mod tests {
         );
         assert!(text.contains("defender_operator_reconcile_duration_seconds_count"), "{text}");
         assert!(text.contains(r#"defender_operator_partners{state="Attached"} 2"#), "{text}");
+
+        use crate::defender::CallObserver;
+        metrics.observe("import", Some(200), std::time::Duration::from_millis(40));
+        metrics.observe("import", Some(429), std::time::Duration::from_millis(5));
+        metrics.observe("list", None, std::time::Duration::from_secs(30));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"defender_operator_defender_requests_total{operation="import",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"defender_operator_defender_requests_total{operation="list",status="error"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"defender_operator_defender_throttled_total{operation="import"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"defender_operator_defender_request_duration_seconds_count{operation="import"} 2"#),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! The command line: `run` (the operator), `crd` (print the CRDs).
 
+mod partner;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::controller;
@@ -26,6 +28,10 @@ pub enum Command {
     /// Run the whole job on the embedded sandbox: a Kubernetes API server, a Defender/Entra
     /// emulator, the CRDs, the operator and the examples. No cluster or tenant needed.
     Sandbox(crate::sandbox::demo::SandboxArgs),
+    /// Attach, detach and list Defender partners (Prelude's `partner` verbs, through the
+    /// Kubernetes API in KUBECONFIG).
+    #[command(subcommand)]
+    Partner(partner::PartnerCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -91,6 +97,7 @@ impl RunArgs {
 pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Partner(command) => partner::run(command).await,
         Command::Crd => {
             print!("{}", crate::api::crds_yaml());
             Ok(())

@@ -1,0 +1,266 @@
+//! `partner attach|detach|list`: Prelude's partner verbs, the Kubernetes way. `attach` writes a
+//! Secret and a `DefenderPartner` by server-side apply and waits for the operator's verdict.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::api::{Cloud, DefenderPartner, PartnerState};
+use crate::defender::Credentials;
+
+const MANAGER: &str = "defender-operator-cli";
+const SECRET_ENV: &str = "DEFENDER_CLIENT_SECRET";
+
+#[derive(Subcommand, Debug)]
+pub enum PartnerCommand {
+    /// Attach a partner: `partner attach defender --user TENANT_ID --secret APP_ID/APP_SECRET`.
+    Attach(AttachArgs),
+    /// Detach a partner: delete it (or only suspend it).
+    Detach(DetachArgs),
+    /// List partners and their states.
+    List(ListArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PartnerKind {
+    Defender,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    pub kind: PartnerKind,
+    /// The Entra tenant id (GUID or verified domain).
+    #[arg(long)]
+    pub user: String,
+    /// `APP_ID/APP_SECRET`; or just `APP_ID`, with the secret in $DEFENDER_CLIENT_SECRET or on
+    /// standard input, which keeps it out of shell history.
+    #[arg(long)]
+    pub secret: String,
+    /// Defender API host or URL (default: the cloud's).
+    #[arg(long)]
+    pub api: Option<String>,
+    #[arg(long, default_value = "defender")]
+    pub name: String,
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    #[arg(long, value_enum, default_value = "commercial")]
+    pub cloud: CloudArg,
+    /// How long to wait for the operator's verdict.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CloudArg {
+    Commercial,
+    Gcc,
+    GccHigh,
+    Dod,
+}
+
+impl From<CloudArg> for Cloud {
+    fn from(cloud: CloudArg) -> Self {
+        match cloud {
+            CloudArg::Commercial => Cloud::Commercial,
+            CloudArg::Gcc => Cloud::Gcc,
+            CloudArg::GccHigh => Cloud::GccHigh,
+            CloudArg::Dod => Cloud::DoD,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    pub kind: PartnerKind,
+    #[arg(long, default_value = "defender")]
+    pub name: String,
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Suspend instead of deleting: nothing is pushed or withdrawn until resumed.
+    #[arg(long)]
+    pub suspend: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::api::duration::parse(text).map_err(|e| e.to_string())
+}
+
+pub async fn run(command: PartnerCommand) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("no Kubernetes cluster: set KUBECONFIG")?;
+    let default_namespace = client.default_namespace().to_string();
+    match command {
+        PartnerCommand::Attach(args) => {
+            let namespace = args.namespace.clone().unwrap_or(default_namespace);
+            attach(client, &namespace, args).await
+        }
+        PartnerCommand::Detach(args) => {
+            let namespace = args.namespace.clone().unwrap_or(default_namespace);
+            detach(client, &namespace, args).await
+        }
+        PartnerCommand::List(args) => {
+            let api: Api<DefenderPartner> = match (args.all_namespaces, args.namespace) {
+                (true, _) => Api::all(client),
+                (false, namespace) => Api::namespaced(client, &namespace.unwrap_or(default_namespace)),
+            };
+            print!("{}", table(&api.list(&ListParams::default()).await?.items));
+            Ok(())
+        }
+    }
+}
+
+/// `APP_ID/APP_SECRET`, or `APP_ID` with the secret from the environment or standard input.
+fn split_secret(value: &str) -> anyhow::Result<(String, String)> {
+    if let Some((app, secret)) = value.split_once('/') {
+        return Ok((app.trim().to_string(), secret.trim().to_string()));
+    }
+    let secret = match std::env::var(SECRET_ENV) {
+        Ok(secret) => secret,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the client secret from standard input")?;
+            line
+        }
+    };
+    let secret = secret.trim().to_string();
+    if secret.is_empty() {
+        bail!("--secret gives no client secret: use APP_ID/APP_SECRET, or set {SECRET_ENV}, or pipe it on stdin");
+    }
+    Ok((value.trim().to_string(), secret))
+}
+
+/// A bare host becomes an https URL.
+fn api_url(api: &str) -> String {
+    if api.contains("://") {
+        api.trim_end_matches('/').to_string()
+    } else {
+        format!("https://{}", api.trim_end_matches('/'))
+    }
+}
+
+async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Result<()> {
+    let (client_id, client_secret) = split_secret(&args.secret)?;
+    let secret_name = format!("{}-credentials", args.name);
+    let expected_hash = crate::controller::partner::credentials_hash(&Credentials {
+        tenant_id: args.user.trim().to_string(),
+        client_id: client_id.clone(),
+        client_secret: SecretString::from(client_secret.clone()),
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": secret_name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+        "type": "Opaque",
+        "stringData": {"tenantId": args.user.trim(), "clientId": client_id, "clientSecret": client_secret},
+    });
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(&secret_name, &params, &Patch::Apply(&secret))
+        .await
+        .with_context(|| format!("writing Secret {namespace}/{secret_name}"))?;
+    let mut spec = json!({"cloud": Cloud::from(args.cloud), "credentials": {"secretRef": {"name": secret_name}}, "suspend": false});
+    if let Some(api) = &args.api {
+        spec["api"] = json!(api_url(api));
+    }
+    let partner = json!({"apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
+        "metadata": {"name": args.name, "namespace": namespace}, "spec": spec});
+    let partners: Api<DefenderPartner> = Api::namespaced(client, namespace);
+    partners
+        .patch(&args.name, &params, &Patch::Apply(&partner))
+        .await
+        .with_context(|| format!("writing DefenderPartner {namespace}/{}", args.name))?;
+    eprintln!("applied Secret {secret_name} and DefenderPartner {}; waiting for the operator's verdict…", args.name);
+
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        let partner = partners.get(&args.name).await?;
+        if let Some(status) = partner.status.as_ref()
+            && status.observed_generation == partner.metadata.generation
+            && status.credentials_hash.as_deref() == Some(expected_hash.as_str())
+            && let Some(state) = status.state
+        {
+            let reason = status.reason.clone().unwrap_or_default();
+            let message = status.message.clone().unwrap_or_default();
+            return match state {
+                PartnerState::Attached => {
+                    println!("Attached (tenant {})", status.tenant_id.as_deref().unwrap_or("?"));
+                    Ok(())
+                }
+                PartnerState::Detached => bail!("Detached: {reason}: {message}"),
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no verdict within {:?}: is the operator running? (kubectl describe dp {})", args.timeout, args.name);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Result<()> {
+    let partners: Api<DefenderPartner> = Api::namespaced(client, namespace);
+    if args.suspend {
+        // A merge patch: applying only `suspend` as the manager that applied the rest would
+        // drop the rest.
+        let patch = json!({"spec": {"suspend": true}});
+        partners.patch(&args.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        println!("Suspended {namespace}/{}", args.name);
+        return Ok(());
+    }
+    partners.delete(&args.name, &DeleteParams::default()).await.with_context(|| format!("deleting {}", args.name))?;
+    // The operator's finalizer withdraws indicators first (deletionPolicy: Delete).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while partners.get_opt(&args.name).await?.is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{} is still being deleted: see kubectl describe dp {}", args.name, args.name);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("Detached {namespace}/{}", args.name);
+    Ok(())
+}
+
+fn table(partners: &[DefenderPartner]) -> String {
+    let mut text = format!(
+        "{:<20} {:<20} {:<10} {:<38} {:>10}  {}\n",
+        "NAMESPACE", "NAME", "STATE", "TENANT", "INDICATORS", "REASON"
+    );
+    for partner in partners {
+        let status = partner.status.clone().unwrap_or_default();
+        text += &format!(
+            "{:<20} {:<20} {:<10} {:<38} {:>10}  {}\n",
+            partner.metadata.namespace.as_deref().unwrap_or_default(),
+            partner.metadata.name.as_deref().unwrap_or_default(),
+            status.state.map(|s| format!("{s:?}")).unwrap_or_default(),
+            status.tenant_id.unwrap_or_default(),
+            status.indicators.map(|i| i.submitted.to_string()).unwrap_or_default(),
+            status.reason.unwrap_or_default(),
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_and_api_forms() {
+        assert_eq!(split_secret("app/s3cr3t").unwrap(), ("app".to_string(), "s3cr3t".to_string()));
+        assert_eq!(api_url("api-eu.securitycenter.microsoft.com"), "https://api-eu.securitycenter.microsoft.com");
+        assert_eq!(api_url("http://127.0.0.1:8080/"), "http://127.0.0.1:8080");
+    }
+}

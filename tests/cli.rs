@@ -1,0 +1,90 @@
+//! `defender-operator partner attach|detach|list` against the sandbox, as a user runs them.
+
+mod common;
+
+use common::*;
+use defender_operator::api::{DefenderPartner, PartnerState};
+use defender_operator::sandbox::defender::sandbox_values as sv;
+use kube::Api;
+
+struct Cli {
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Cli {
+    async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-operator"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("the binary runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into(),
+            String::from_utf8_lossy(&output.stderr).into(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_list_suspend_and_detach_a_partner() {
+    let world = world().await;
+    let kubeconfig = std::env::temp_dir().join(format!("defender-operator-cli-{}.kubeconfig", std::process::id()));
+    std::fs::write(&kubeconfig, world.kubeconfig()).unwrap();
+    let cli = Cli { kubeconfig: kubeconfig.clone() };
+    let api = world.defender_api();
+
+    let secret = format!("{}/{}", sv::GOOD_APP_ID, sv::GOOD_APP_SECRET);
+    let (ok, out, err) = cli
+        .run(&["partner", "attach", "defender", "--user", sv::TENANT_ID, "--secret", &secret, "--api", &api], &[])
+        .await;
+    assert!(ok, "attach failed: {out}{err}");
+    assert!(out.contains("Attached") && out.contains(sv::TENANT_ID), "{out}");
+
+    // The secret from the environment, not the command line; a wrong one is refused with its reason.
+    let wrong = "not-the-secret-4711";
+    let (ok, out, err) = cli
+        .run(
+            &[
+                "partner",
+                "attach",
+                "defender",
+                "--name",
+                "other",
+                "--user",
+                sv::TENANT_ID,
+                "--secret",
+                sv::GOOD_APP_ID,
+                "--api",
+                &api,
+            ],
+            &[("DEFENDER_CLIENT_SECRET", wrong)],
+        )
+        .await;
+    assert!(!ok, "a wrong secret must not attach: {out}");
+    assert!(err.contains("Detached: InvalidSecret"), "{err}");
+    assert!(!out.contains(wrong) && !err.contains(wrong), "the secret was printed");
+
+    let (ok, out, _) = cli.run(&["partner", "list"], &[]).await;
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("STATE") && lines[0].contains("REASON"), "{out}");
+    assert!(lines.iter().any(|l| l.contains("defender") && l.contains("Attached")), "{out}");
+    assert!(lines.iter().any(|l| l.contains("other") && l.contains("InvalidSecret")), "{out}");
+
+    let (ok, _, err) = cli.run(&["partner", "detach", "defender", "--suspend"], &[]).await;
+    assert!(ok, "{err}");
+    world.detached_with("default", "defender", "Suspended").await;
+
+    let (ok, out, err) = cli.run(&["partner", "detach", "defender"], &[]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("Detached default/defender"), "{out}");
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    assert!(partners.get_opt("defender").await.unwrap().is_none());
+    let other = partners.get("other").await.unwrap();
+    assert_eq!(other.status.unwrap().state, Some(PartnerState::Detached));
+    let _ = std::fs::remove_file(&kubeconfig);
+}
