@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt, core::PartialObjectMeta};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -162,11 +162,19 @@ pub async fn run(
         .reconcile_on(UnboundedReceiverStream::new(partner_rx))
         .graceful_shutdown_on(shutdown.clone());
 
-    let finding_controller =
-        Controller::new(scoped::<ProbeFinding>(&client, &config.namespace), watcher::Config::default())
-            .with_config(controller::Config::default().concurrency(16))
-            .reconcile_on(UnboundedReceiverStream::new(finding_rx))
-            .graceful_shutdown_on(shutdown.clone());
+    // The cache holds every finding: keep it lean. Managed fields are most of an object and the
+    // operator never reads them.
+    let (findings, writer) = reflector::store::<ProbeFinding>();
+    let finding_events =
+        watcher::watcher(scoped::<ProbeFinding>(&client, &config.namespace), watcher::Config::default())
+            .default_backoff()
+            .modify(|finding| finding.managed_fields_mut().clear())
+            .reflect(writer)
+            .touched_objects();
+    let finding_controller = Controller::for_stream(finding_events, findings)
+        .with_config(controller::Config::default().concurrency(16))
+        .reconcile_on(UnboundedReceiverStream::new(finding_rx))
+        .graceful_shutdown_on(shutdown.clone());
     let findings = finding_controller.store();
 
     let reporter = Reporter {

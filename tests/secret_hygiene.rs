@@ -1,0 +1,115 @@
+//! Secret hygiene: recognisable client secrets go through the main scenarios (attach, wrong
+//! secret, rotation, push, throttling, deletion) and never show up in the operator's logs at any
+//! level, in events, in any status, in metrics, or in anything kubectl can read but the Secrets.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use defender_operator::api::{DefenderPartner, ProbeFinding};
+use defender_operator::sandbox::defender::sandbox_values as sv;
+use k8s_openapi::api::core::v1::Event as CoreEvent;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::json;
+
+/// Every log line of the process, at every level.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secrets_never_leave_their_secret() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let world = world().await;
+    let wrong = "LEAK-CANARY-wrong-secret-8c1f";
+    let rotated_wrong = "LEAK-CANARY-rotated-wrong-77a0";
+    let canaries = [sv::GOOD_APP_SECRET, wrong, rotated_wrong, sv::TENANT2_APP_SECRET];
+
+    world.namespace("other").await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "good", "creds", json!({"deletionPolicy": "Delete"})).await;
+    world
+        .secret("other", "bad", &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", wrong)])
+        .await;
+    world.partner("other", "bad", "bad", json!({})).await;
+    world.attached("default", "good").await;
+    world.detached_with("other", "bad", "InvalidSecret").await;
+
+    world.defender.faults().throttle_next(2, 1);
+    for i in 0..20 {
+        world.finding("default", &format!("f{i}"), &[sha256(i)], json!({"state": "UNPROTECTED"})).await;
+    }
+    world.ready_finding("default", "f19").await;
+
+    // Rotation to another wrong value, then to a good one in another tenant.
+    world
+        .secret(
+            "default",
+            "creds",
+            &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", rotated_wrong)],
+        )
+        .await;
+    world.detached_with("default", "good", "InvalidSecret").await;
+    world
+        .secret(
+            "default",
+            "creds",
+            &[("tenantId", sv::TENANT2_ID), ("clientId", sv::TENANT2_APP_ID), ("clientSecret", sv::TENANT2_APP_SECRET)],
+        )
+        .await;
+    world.attached("default", "good").await;
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    partners.delete("good", &DeleteParams::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while partners.get_opt("good").await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the partner's finalizer did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Everything readable but the Secrets themselves.
+    let mut visible = String::new();
+    let list = ListParams::default();
+    for partner in Api::<DefenderPartner>::all(world.admin.clone()).list(&list).await.unwrap() {
+        visible += &serde_json::to_string(&partner).unwrap();
+    }
+    for finding in Api::<ProbeFinding>::all(world.admin.clone()).list(&list).await.unwrap() {
+        visible += &serde_json::to_string(&finding).unwrap();
+    }
+    for event in Api::<Event>::all(world.admin.clone()).list(&list).await.unwrap() {
+        visible += &serde_json::to_string(&event).unwrap();
+    }
+    for event in Api::<CoreEvent>::all(world.admin.clone()).list(&list).await.unwrap() {
+        visible += &serde_json::to_string(&event).unwrap();
+    }
+    assert!(visible.contains("InvalidSecret"), "the scenarios ran and left their traces");
+    let metrics = world.operator.as_ref().unwrap().metrics.encode();
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    assert!(logs.contains("DEBUG") || logs.contains("TRACE"), "logs were captured at every level");
+
+    for canary in canaries {
+        assert!(!visible.contains(canary), "a client secret is visible in the API: {canary}");
+        assert!(!metrics.contains(canary), "a client secret is in the metrics: {canary}");
+        let line = logs.lines().find(|l| l.contains(canary));
+        assert!(line.is_none(), "a client secret is in the logs: {}", line.unwrap_or_default());
+    }
+}
