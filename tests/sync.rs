@@ -178,3 +178,29 @@ async fn a_lone_finding_does_not_wait_for_a_spent_import_budget() {
     assert_eq!(count(Endpoint::SubmitIndicator), 2, "then single submits");
     assert!(calls.iter().all(|c| c.status != 429), "never throttled");
 }
+
+#[tokio::test]
+async fn a_throttled_import_does_not_hold_a_lone_finding_back() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.attached("default", "defender").await;
+    eventually("the engine read Defender", WAIT, || {
+        world.defender.calls().iter().any(|c| c.endpoint == Endpoint::ListIndicators)
+    })
+    .await;
+
+    // Defender's import budget is spent elsewhere (another process of the same app): 429, 30 s.
+    world.defender.faults().throttle_next(1, 30);
+    let started = tokio::time::Instant::now();
+    world.finding("default", "lone", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    eventually("pushed despite the 429", Duration::from_secs(5), || world.defender.holds(sv::TENANT_ID, &sha256(1)))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let calls = world.defender.calls();
+    assert!(calls.iter().any(|c| c.endpoint == Endpoint::ImportIndicators && c.status == 429), "{calls:?}");
+    assert!(calls.iter().any(|c| c.endpoint == Endpoint::SubmitIndicator && c.status == 200), "{calls:?}");
+    let imports_after =
+        calls.iter().skip_while(|c| c.status != 429).filter(|c| c.endpoint == Endpoint::ImportIndicators).count();
+    assert_eq!(imports_after, 1, "no import retried inside the Retry-After");
+}

@@ -23,6 +23,9 @@ use crate::defender::{
     APPLICATION, BatchDeleteOutcome, DefenderClient, DefenderError, EndpointClass, Indicator, MAX_BATCH,
 };
 
+/// After a 429 the next round comes this soon; the rate limiter paces the calls themselves.
+const THROTTLED_PAUSE: Duration = Duration::from_millis(200);
+
 /// Up to this many values, single submits may stand in for an import call.
 const SUBMIT_AT_MOST: usize = 5;
 
@@ -217,7 +220,13 @@ impl Worker {
                         // The credentials may have lost their grant: let the partner re-validate.
                         let _ = self.triggers.partners.send(ObjectRef::from_obj(&**self.partner.borrow()));
                     }
-                    tokio::time::sleep(error.retry_after().unwrap_or_else(|| backoff(failures))).await;
+                    let pause = match error {
+                        // The limiter already holds the throttled class back; the next round may
+                        // still use the other one (single submits), so only a short pause.
+                        DefenderError::Throttled { .. } => THROTTLED_PAUSE,
+                        _ => error.retry_after().unwrap_or_else(|| backoff(failures)),
+                    };
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             };
