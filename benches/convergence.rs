@@ -37,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
 
     setup_partner(&sandbox).await?;
     let metrics_port = free_port()?;
-    let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port)?;
+    println!("operator logs: {}/operator-*.log (BENCH_OPERATOR_LOG sets RUST_LOG)", dir.display());
+    let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port, &dir.join("operator-1.log"))?;
     wait_attached(&sandbox).await?;
     sandbox.defender.clear_calls();
     let kube_before = kube_requests(metrics_port).await?;
@@ -57,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     operator.wait()?;
     sandbox.defender.clear_calls();
     let restarted = Instant::now();
-    let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port)?;
+    let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port, &dir.join("operator-2.log"))?;
     wait_steady_after_restart(&sandbox, findings).await?;
     let restart_converge = restarted.elapsed();
     let restart_calls = calls_by_endpoint(&sandbox);
@@ -73,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
             if started.elapsed() > Duration::from_secs(60) {
-                bail!("single finding {i} not pushed within 60 s");
+                bail!(
+                    "single finding {i} not pushed within 60 s (operator log: {})",
+                    dir.join("operator-2.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -185,7 +189,13 @@ async fn kube_requests(port: u16) -> anyhow::Result<u64> {
     }
 }
 
-fn spawn_operator(sandbox: &Sandbox, kubeconfig: &std::path::Path, metrics_port: u16) -> anyhow::Result<Child> {
+fn spawn_operator(
+    sandbox: &Sandbox,
+    kubeconfig: &std::path::Path,
+    metrics_port: u16,
+    log: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
     Command::new(env!("CARGO_BIN_EXE_defender-operator"))
         .args(["run", "--api-allowlist", "http://127.0.0.1:*", "--authority-url"])
         .arg(sandbox.defender.url().as_str())
@@ -193,8 +203,8 @@ fn spawn_operator(sandbox: &Sandbox, kubeconfig: &std::path::Path, metrics_port:
         .arg(format!("127.0.0.1:{metrics_port}"))
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
         .spawn()
         .context("starting the operator binary")
 }
