@@ -383,12 +383,7 @@ impl Worker {
 
     async fn withdraw(&self, ids: &[String], changed: &mut BTreeSet<IndicatorKey>) -> Result<(), DefenderError> {
         for batch in ids.chunks(MAX_BATCH) {
-            if self.client.batch_delete(batch).await? == BatchDeleteOutcome::SomeNotFound {
-                // Defender does not say which were missing: delete one by one (404 = gone).
-                for id in batch {
-                    self.client.delete(id).await?;
-                }
-            }
+            delete_batch(&self.client, batch).await?;
             let gone: BTreeSet<&String> = batch.iter().collect();
             let mut view = self.view.lock().unwrap();
             let keys: Vec<IndicatorKey> =
@@ -503,11 +498,18 @@ pub async fn withdraw_all(client: &DefenderClient, marker: &str) -> Result<usize
         .map(|i| i.id)
         .collect();
     for batch in ours.chunks(MAX_BATCH) {
-        if client.batch_delete(batch).await? == BatchDeleteOutcome::SomeNotFound {
-            for id in batch {
-                client.delete(id).await?;
-            }
-        }
+        delete_batch(client, batch).await?;
     }
     Ok(ours.len())
+}
+
+/// One BatchDelete; when Defender says some ids were missing (without saying which), the rest
+/// are deleted one by one (404 counts as gone).
+async fn delete_batch(client: &DefenderClient, ids: &[String]) -> Result<(), DefenderError> {
+    if client.batch_delete(ids).await? == BatchDeleteOutcome::SomeNotFound {
+        for id in ids {
+            client.delete(id).await?;
+        }
+    }
+    Ok(())
 }
