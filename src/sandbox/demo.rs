@@ -72,9 +72,6 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         if args.demo && tokio::time::Instant::now() >= deadline {
             anyhow::bail!("did not converge within {:?}: {}", args.timeout, pending.join("; "));
         }
-        if !args.demo && pending.is_empty() && tokio::time::Instant::now() >= deadline {
-            // Keep serving for kubectl; print only changes from here on.
-        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = crate::cli::shutdown_signal(), if !args.demo => return Ok(()),
