@@ -1544,3 +1544,79 @@ async fn metadata_only_requests_never_carry_the_data() {
     }
     assert_eq!(seen, ["creds"]);
 }
+
+#[tokio::test]
+async fn injected_faults_cut_watches_expire_history_conflict_status_writes_and_restart() {
+    let s = server().await;
+    let widgets = with_crd(&s).await;
+    let w = widgets.create(&PostParams::default(), &widget("w", json!({"color": "red", "size": 1}))).await.unwrap();
+    let rv = w.metadata.resource_version.clone().unwrap();
+    let path = format!("/apis/test.dev/v1/namespaces/default/widgets?watch=true&resourceVersion={rv}");
+
+    // A cut ends the open watch cleanly; resuming from the same version works.
+    let resp = watch_req(&s, &path).await;
+    s.cut_watches();
+    let body = tokio::time::timeout(Duration::from_secs(3), resp.bytes()).await;
+    assert!(body.is_ok_and(|b| b.is_ok_and(|b| b.is_empty())), "the watch ended without events");
+    let resumed = watch_req(&s, &path).await;
+    widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}}))).await.unwrap();
+    assert_eq!(read_events(resumed, 1, Duration::from_secs(3)).await[0]["type"], "MODIFIED");
+
+    // Expired history: the same resume now gets 410 Expired; a watch from now works.
+    s.expire_watch_history();
+    let events = read_events(watch_req(&s, &path).await, 1, Duration::from_secs(3)).await;
+    assert_eq!((events[0]["type"].as_str(), events[0]["object"]["code"].as_i64()), (Some("ERROR"), Some(410)));
+
+    // 409 on the next status writes only, with the real message.
+    s.conflict_next_status_writes(1);
+    let status = Patch::Merge(json!({"status": {"phase": "x"}}));
+    let err = api_err(widgets.patch_status("w", &PatchParams::default(), &status).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(err.message.contains("the object has been modified"), "{}", err.message);
+    widgets.patch_status("w", &PatchParams::default(), &status).await.unwrap();
+    assert_eq!(s.status_conflicts_served(), 1);
+
+    // Restart: connections refused while down, state kept, old versions expired.
+    let restarting = {
+        let s = s.clone();
+        tokio::spawn(async move { s.restart(Duration::from_millis(500)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(reqwest::get(format!("{}/version", s.url())).await.is_err(), "refused while down");
+    restarting.await.unwrap().unwrap();
+    let kept = widgets.get("w").await.unwrap();
+    assert_eq!(kept.data["spec"]["size"], 2);
+    let events = read_events(watch_req(&s, &path).await, 1, Duration::from_secs(3)).await;
+    assert_eq!(events[0]["object"]["code"], 410);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paginated_list_is_one_list_and_its_watch_misses_nothing() {
+    let s = server().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(s.admin_client());
+    for name in ["b", "c", "d"] {
+        cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap())
+            .await
+            .unwrap();
+    }
+    let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    let snapshot = first.metadata.resource_version.clone().unwrap();
+    // Created between the pages, before the cursor: not in the next page, so the watch from the
+    // list's version must bring it.
+    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap())
+        .await
+        .unwrap();
+    let next_page = ListParams::default().limit(2).continue_token(first.metadata.continue_.as_deref().unwrap());
+    let rest = cms.list(&next_page).await.unwrap();
+    assert_eq!(rest.metadata.resource_version.as_deref(), Some(snapshot.as_str()), "every page is as of the first");
+    let listed: Vec<String> = first.items.iter().chain(&rest.items).map(|c| c.metadata.name.clone().unwrap()).collect();
+    assert_eq!(listed, ["b", "c", "d"]);
+    let path = format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={snapshot}");
+    let events = read_events(watch_req(&s, &path).await, 1, Duration::from_secs(3)).await;
+    assert_eq!(
+        (events[0]["type"].as_str(), events[0]["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("a"))
+    );
+    s.shutdown().await;
+}

@@ -21,7 +21,9 @@
 //! - custom resources: structural pruning, defaults, OpenAPI validation and
 //!   `x-kubernetes-validations` CEL rules (a subset of CEL, see [`cel`]), 422 `Invalid` with causes;
 //! - bearer-token authentication and RBAC authorisation (with impersonation for kubectl `--as`);
-//! - discovery (legacy and aggregated), `/version`, minimal OpenAPI v3, `Table` responses.
+//! - discovery (legacy and aggregated), `/version`, minimal OpenAPI v3, `Table` responses;
+//! - faults on demand: watches cut, history expired (410 on resume), 409 on status writes, and a
+//!   restart with the state kept ([`KubeApiServer::restart`]).
 //!
 //! Layout: [`routes`] parses requests and dispatches, [`ops`] implements the verbs over the
 //! [`store`], [`watch`] streams changes, [`patch`]/[`apply`] implement patches and server-side
@@ -33,6 +35,7 @@ pub mod apply;
 pub mod cel;
 pub mod discovery;
 pub mod error;
+mod faults;
 pub mod ops;
 pub mod patch;
 mod proto;
@@ -84,7 +87,11 @@ pub(crate) struct Inner {
     pub tokens: Mutex<HashMap<String, User>>,
     pub admin_token: String,
     pub addr: SocketAddr,
+    /// Cancelled when the server shuts down.
     pub cancel: CancellationToken,
+    /// Cancelled when this incarnation of the server stops serving (shutdown or restart).
+    pub serving: Mutex<CancellationToken>,
+    pub faults: faults::KubeFaults,
     /// PEM of the self-signed serving certificate (HTTPS on the same port).
     pub cert_pem: String,
 }
@@ -93,6 +100,10 @@ impl Inner {
     /// The store; a panic in another request does not make it unusable.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn serving(&self) -> CancellationToken {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The resource served at group/version/plural.
@@ -123,6 +134,7 @@ impl Inner {
 #[derive(Clone)]
 pub struct KubeApiServer {
     inner: Arc<Inner>,
+    acceptor: tokio_rustls::TlsAcceptor,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -140,6 +152,8 @@ impl KubeApiServer {
         let (cert_pem, acceptor) = serve::tls()?;
         let mut st = Store::new(config.watch_history);
         ops::bootstrap(&mut st);
+        let cancel = CancellationToken::new();
+        let serving = cancel.child_token();
         let inner = Arc::new(Inner {
             config,
             store: Mutex::new(st),
@@ -147,13 +161,62 @@ impl KubeApiServer {
             tokens: Mutex::new(HashMap::new()),
             admin_token: random_token("admin-"),
             addr,
-            cancel: CancellationToken::new(),
+            faults: faults::KubeFaults::new(&serving),
+            serving: Mutex::new(serving.clone()),
+            cancel,
             cert_pem,
         });
-        let app = routes::router(inner.clone());
-        let cancel = inner.cancel.clone();
-        let task = tokio::spawn(serve::serve(listener, app, acceptor, cancel));
-        Ok(KubeApiServer { inner, task: Arc::new(Mutex::new(Some(task))) })
+        let task = tokio::spawn(serve::serve(listener, routes::router(inner.clone()), acceptor.clone(), serving));
+        Ok(KubeApiServer { inner, acceptor, task: Arc::new(Mutex::new(Some(task))) })
+    }
+
+    /// Fault: ends every open watch, as a load balancer's idle timeout or an API server's
+    /// watch-cache reset does. Clients resume from their last resourceVersion.
+    pub fn cut_watches(&self) {
+        self.inner.faults.cut_watches(&self.inner.serving());
+    }
+
+    /// Fault: drops the change history, so that a watch resumed from any earlier
+    /// resourceVersion gets 410 Gone (`Expired`) and the client has to list again.
+    pub fn expire_watch_history(&self) {
+        self.inner.lock().compact();
+    }
+
+    /// Fault: the next `n` writes to a status subresource fail with 409 Conflict.
+    pub fn conflict_next_status_writes(&self, n: usize) {
+        self.inner.faults.conflict_next_status_writes(n);
+    }
+
+    /// How many status writes failed with an injected 409 so far.
+    pub fn status_conflicts_served(&self) -> usize {
+        self.inner.faults.conflicts_served()
+    }
+
+    /// Fault: the API server restarts with its state kept (as etcd keeps it). Every connection
+    /// drops, the port refuses connections for `downtime`, and the new incarnation's watch
+    /// cache starts empty, so resuming from an older resourceVersion gets 410 Gone.
+    pub async fn restart(&self, downtime: Duration) -> std::io::Result<()> {
+        let old = self.task.lock().ok().and_then(|mut t| t.take());
+        let serving = {
+            let mut serving = self.inner.serving.lock().unwrap_or_else(|e| e.into_inner());
+            serving.cancel();
+            *serving = self.inner.cancel.child_token();
+            serving.clone()
+        };
+        if let Some(old) = old {
+            old.abort();
+            let _ = old.await;
+        }
+        self.inner.faults.cut_watches(&serving);
+        self.expire_watch_history();
+        tokio::time::sleep(downtime).await;
+        let listener = tokio::net::TcpListener::bind(self.inner.addr).await?;
+        let app = routes::router(self.inner.clone());
+        let task = tokio::spawn(serve::serve(listener, app, self.acceptor.clone(), serving));
+        if let Ok(mut slot) = self.task.lock() {
+            *slot = Some(task);
+        }
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT`

@@ -595,6 +595,10 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
     {
         return Err(ApiError::expired(rv, st.compacted + 1));
     }
+    // A paginated list is one list as of its first page: every page and the final
+    // resourceVersion carry the first page's version, so a watch from there replays whatever
+    // changed while the pages were read (a real API server serves the pages from a snapshot).
+    let mut list_rv = st.rv;
     let after: Option<(String, String)> = match ctx.q("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -602,6 +606,16 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
                 .map_err(|_| ApiError::bad_request("continue key is not valid: illegal base64 data"))?;
             let v: Value =
                 serde_json::from_slice(&raw).map_err(|_| ApiError::bad_request("continue key is not valid"))?;
+            if let Some(rv) = v["rv"].as_u64() {
+                if rv < st.compacted {
+                    return Err(ApiError::new(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ));
+                }
+                list_rv = rv;
+            }
             Some((v["ns"].as_str().unwrap_or_default().into(), v["name"].as_str().unwrap_or_default().into()))
         }
         None => None,
@@ -620,12 +634,12 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
         .map(|o| present(o, &ctx.def, &ctx.version))
         .filter(|o| ls.matches(o) && fs.matches(o))
         .collect();
-    let mut meta = json!({"resourceVersion": st.rv.to_string()});
+    let mut meta = json!({"resourceVersion": list_rv.to_string()});
     let items: Vec<Value> = matching.iter().take(limit).cloned().collect();
     if matching.len() > limit
         && let Some(last) = items.last()
     {
-        let token = json!({"ns": last["metadata"]["namespace"].as_str().unwrap_or_default(), "name": name_of(last), "rv": st.rv});
+        let token = json!({"ns": last["metadata"]["namespace"].as_str().unwrap_or_default(), "name": name_of(last), "rv": list_rv});
         meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string()));
         meta["remainingItemCount"] = json!(matching.len() - limit);
     }

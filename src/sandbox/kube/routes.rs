@@ -231,6 +231,9 @@ async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
             return Err(ApiError::forbidden(attrs.forbidden_message(&user), &rp.name, &def.group, &def.plural));
         }
     }
+    if rp.sub == "status" && matches!(verb, "update" | "patch") && inner.faults.take_status_conflict() {
+        return Err(ApiError::conflict(&def, &rp.name));
+    }
     let table_include = wants_table(&accept).then(|| query.get("includeObject").cloned().unwrap_or("Metadata".into()));
     let metadata_only = wants_metadata(&accept);
 

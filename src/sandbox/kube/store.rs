@@ -97,6 +97,12 @@ impl Store {
         self.rv
     }
 
+    /// Forgets the change history: watches from any earlier resourceVersion get 410 Gone.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.rv;
+    }
+
     fn record(&mut self, change: Change) {
         let change = Arc::new(change);
         self.history.push_back(change.clone());

@@ -151,13 +151,35 @@ pub(crate) fn watch(
         (st.tx.subscribe(), st.rv)
     };
     let (mut tx, body_rx) = futures::channel::mpsc::channel::<Result<Bytes, Infallible>>(256);
-    let cancel = inner.cancel.clone();
+    let cancel = inner.faults.watch_token();
     let interval = inner.config.bookmark_interval;
+    let watch_id = format!("{}/{} from {start_rv}", filter.def.plural, filter.ns);
+    tracing::debug!(watch = %watch_id, "watch started");
     tokio::spawn(async move {
+        let ended = serve_watch(rx, first, &mut tx, filter, timeout, bookmarks, cancel, interval, start_rv).await;
+        tracing::debug!(watch = %watch_id, ended, "watch ended");
+    });
+    Ok(Body::from_stream(body_rx))
+}
+
+/// Streams `first`, then the changes; returns why it ended.
+#[allow(clippy::too_many_arguments)]
+async fn serve_watch(
+    rx: tokio::sync::broadcast::Receiver<Arc<Change>>,
+    first: Vec<Bytes>,
+    tx: &mut futures::channel::mpsc::Sender<Result<Bytes, Infallible>>,
+    filter: Filter,
+    timeout: Option<Duration>,
+    bookmarks: bool,
+    cancel: tokio_util::sync::CancellationToken,
+    interval: Duration,
+    start_rv: u64,
+) -> &'static str {
+    {
         let mut rx = rx;
         for b in first {
             if tx.send(Ok(b)).await.is_err() {
-                return;
+                return "client gone";
             }
         }
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -171,25 +193,26 @@ pub(crate) fn watch(
                 }
             };
             let out = tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = sleep => return,
+                _ = cancel.cancelled() => return "cut",
+                _ = sleep => return "timeout",
                 _ = ticker.tick(), if bookmarks => Some(filter.bookmark(last_rv, false)),
                 r = rx.recv() => match r {
                     Ok(c) => {
                         if c.rv <= last_rv { None } else {
                             last_rv = c.rv;
+                            tracing::trace!(rv = c.rv, name = %c.object["metadata"]["name"], "watch event");
                             filter.translate(&c)
                         }
                     }
-                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+                    Err(RecvError::Lagged(_)) => return "lagged",
+                    Err(RecvError::Closed) => return "closed",
                 },
             };
             if let Some(b) = out
                 && tx.send(Ok(b)).await.is_err()
             {
-                return;
+                return "client gone";
             }
         }
-    });
-    Ok(Body::from_stream(body_rx))
+    }
 }
