@@ -12,7 +12,8 @@ const PARTNER_LUA: &str = include_str!("../deploy/argocd/health-defenderpartner.
 const FINDING_LUA: &str = include_str!("../deploy/argocd/health-probefinding.lua");
 const ARGOCD_CM: &str = include_str!("../deploy/argocd/argocd-cm.yaml");
 
-const TERMINAL: [&str; 22] = [
+const TERMINAL: [&str; 23] = [
+    "InvalidSpec",
     "SecretNotFound",
     "SecretKeyMissing",
     "SecretKeyInvalid",

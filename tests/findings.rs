@@ -1,10 +1,9 @@
 //! ProbeFinding against the sandbox: what is pushed, once, with the partner's settings; what is
-//! not; selection; withdrawal by deletionPolicy; invalid findings never block the others.
+//! not; selection; withdrawal by deletionPolicy. Invalid findings are in tests/bad_input.rs.
 
 mod common;
 
 use common::*;
-use defender_operator::api::conditions::{READY, find};
 use defender_operator::api::{DefenderPartner, DeliveryState, ProbeFinding};
 use defender_operator::sandbox::defender::Endpoint;
 use defender_operator::sandbox::defender::sandbox_values as sv;
@@ -254,47 +253,6 @@ async fn the_finalizer_never_hangs_when_the_secret_is_gone() {
         .into_iter()
         .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("IndicatorsNotWithdrawn"));
     assert!(warned, "a Warning event explains the indicators left behind");
-}
-
-#[tokio::test]
-async fn an_invalid_finding_gets_a_clear_condition_and_blocks_nothing() {
-    let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
-    // The schema cannot check an IP address; the reconciler does.
-    let findings: Api<ProbeFinding> = Api::namespaced(world.admin.clone(), "default");
-    let bad = json!({"apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding", "metadata": {"name": "bad"},
-        "spec": {"test": {"id": "3ebbda49-738c-4799-a8fb-206630cf609e", "name": "t"}, "state": "UNPROTECTED",
-                 "indicators": [{"type": "FileSha256", "value": sha256(1)}, {"type": "IpAddress", "value": "999.1.1.1"}]}});
-    findings.patch("bad", &kube::api::PatchParams::apply("test"), &kube::api::Patch::Apply(&bad)).await.unwrap();
-    world.finding("default", "good", &[sha256(2)], json!({"state": "UNPROTECTED"})).await;
-    world
-        .finding(
-            "default",
-            "missing-partner",
-            &[sha256(3)],
-            json!({"state": "UNPROTECTED", "partnerRef": {"name": "nope"}}),
-        )
-        .await;
-
-    world.ready_finding("default", "good").await;
-    let bad = world
-        .wait_for("default", "bad", WAIT, |f: &ProbeFinding| {
-            f.status.as_ref().is_some_and(|s| find(&s.conditions, READY).is_some_and(|c| c.reason == "InvalidFinding"))
-        })
-        .await
-        .unwrap();
-    let message = find(&bad.status.unwrap().conditions, READY).unwrap().message.clone();
-    assert!(message.contains("spec.indicators[1].value"), "{message}");
-    let missing = world
-        .wait_for("default", "missing-partner", WAIT, |f: &ProbeFinding| {
-            f.status.as_ref().is_some_and(|s| find(&s.conditions, READY).is_some_and(|c| c.reason == "PartnerNotFound"))
-        })
-        .await
-        .unwrap();
-    assert!(find(&missing.status.unwrap().conditions, READY).unwrap().message.contains("nope"));
-    assert_eq!(world.indicator_values(sv::TENANT_ID), vec![sha256(2)]);
 }
 
 async fn wait_gone(partners: &Api<DefenderPartner>, name: &str) {

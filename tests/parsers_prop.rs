@@ -1633,7 +1633,7 @@ mod finding {
         fn other_types(
             ip in prop_oneof![any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
                               any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string())],
-            labels in prop::collection::vec("[A-Za-z0-9]([A-Za-z0-9-]{0,10}[A-Za-z0-9])?", 1..5),
+            labels in prop::collection::vec("[A-Za-z0-9]([A-Za-z0-9-]{0,10}[A-Za-z0-9])?", 2..5),
             url in "https?://[a-z]{1,10}\\.test(/[A-Za-z0-9_~-]{0,10}){0,3}",
         ) {
             let domain = labels.join(".");

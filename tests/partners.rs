@@ -140,24 +140,6 @@ async fn each_bad_credential_case_detaches_with_its_reason() {
 }
 
 #[tokio::test]
-async fn an_api_host_off_the_allow_list_gets_no_token() {
-    let world = world().await;
-    world.good_secret("default", "creds").await;
-    // Same emulator, reached by a name the operator's allow-list (http://127.0.0.1:*) does not hold.
-    let port = world.defender.url().port().unwrap();
-    world.partner("default", "elsewhere", "creds", json!({"api": format!("http://localhost:{port}")})).await;
-    world
-        .partner("default", "evil", "creds", json!({"api": "https://api.securitycenter.microsoft.com.evil.example"}))
-        .await;
-
-    world.detached_with("default", "elsewhere", "ApiHostNotAllowed").await;
-    world.detached_with("default", "evil", "ApiHostNotAllowed").await;
-    let leaked: Vec<_> =
-        world.defender.calls().into_iter().filter(|c| c.bearer && !c.host.starts_with("127.0.0.1")).collect();
-    assert!(leaked.is_empty(), "a token went to a host that is not allowed: {leaked:?}");
-}
-
-#[tokio::test]
 async fn secret_rotation_revalidates_and_fixing_it_attaches_without_touching_the_partner() {
     let world = world().await;
     world.good_secret("default", "creds").await;

@@ -10,7 +10,7 @@ local hs = { status = "Progressing", message = "Waiting for the operator to repo
 -- Reasons that need a person to fix the partner, its Secret or the Entra app (README, "Status
 -- reasons and their fixes"); anything else is retried by the operator.
 local terminal = {
-  SecretNotFound = true, SecretKeyMissing = true, SecretKeyInvalid = true, InvalidSecret = true,
+  InvalidSpec = true, SecretNotFound = true, SecretKeyMissing = true, SecretKeyInvalid = true, InvalidSecret = true,
   SecretExpired = true, CredentialMissing = true, AppNotFound = true, AppDisabled = true,
   TenantNotFound = true, TenantInvalid = true, WrongCloud = true, DefenderNotProvisioned = true,
   ConfigError = true, Blocked = true, TokenMismatch = true, MissingPermission = true,

@@ -2,11 +2,20 @@
 
 use std::time::Duration;
 
-/// Schema pattern for a duration field.
-pub const PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// Schema pattern for a duration field. Each number has at most 7 digits before and 9 after the
+/// point, so, with [`MAX_LENGTH`], whatever the schema admits is a few thousand years at most:
+/// no value overflows a clock, and none is silently read as "never".
+pub const PATTERN: &str = r"^([0-9]{1,7}(\.[0-9]{1,9})?(ms|s|m|h))+$";
+
+/// Schema `maxLength` of a duration field.
+pub const MAX_LENGTH: usize = 32;
+
+/// Digits allowed before and after the point of one number, as in [`PATTERN`].
+const MAX_WHOLE_DIGITS: usize = 7;
+const MAX_FRACTION_DIGITS: usize = 9;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("invalid duration {0:?}: use a number with a unit, e.g. 720h, 90m or 1h30m")]
+#[error("invalid duration {0:?}: use numbers (at most 7 digits) with a unit (ms, s, m, h), e.g. 720h, 90m or 1h30m")]
 pub struct InvalidDuration(pub String);
 
 pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
@@ -19,13 +28,13 @@ pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
     let mut total = 0f64;
     while !rest.is_empty() {
         let whole = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if whole == 0 {
+        if whole == 0 || whole > MAX_WHOLE_DIGITS {
             return Err(invalid());
         }
         let mut number_len = whole;
         if rest[whole..].starts_with('.') {
             let fraction = rest[whole + 1..].find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len() - whole - 1);
-            if fraction == 0 {
+            if fraction == 0 || fraction > MAX_FRACTION_DIGITS {
                 return Err(invalid());
             }
             number_len = whole + 1 + fraction;
@@ -46,8 +55,28 @@ pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
         total += number * seconds_per_unit;
         rest = &rest[unit_len..];
     }
-    // The schema admits any number of digits; what no clock can hold is refused, not a panic.
+    // Bounded digits keep this far inside what a clock holds; refused rather than a panic anyway.
     Duration::try_from_secs_f64(total).map_err(|_| invalid())
+}
+
+/// A duration field of a spec that the operator cannot use: the message names the field and,
+/// for a value out of range, the maximum.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FieldError {
+    #[error("{field}: {invalid}")]
+    Invalid { field: &'static str, invalid: InvalidDuration },
+    #[error("{field}: {value} is more than the maximum, {max}; set a shorter duration")]
+    OverMaximum { field: &'static str, value: String, max: &'static str },
+}
+
+/// Parses the value of `field`, refusing (rather than clamping) one longer than `max`.
+pub fn parse_at_most(field: &'static str, text: &str, max: &'static str) -> Result<Duration, FieldError> {
+    let value = parse(text).map_err(|invalid| FieldError::Invalid { field, invalid })?;
+    let limit = parse(max).expect("a field's maximum is a valid duration");
+    if value > limit {
+        return Err(FieldError::OverMaximum { field, value: text.to_string(), max });
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -73,11 +102,39 @@ mod tests {
     #[test]
     fn pattern_agrees_with_parser() {
         let pattern = regex::Regex::new(PATTERN).unwrap();
-        for good in ["720h", "1h30m", "90s", "250ms", "1.5h"] {
+        for good in ["720h", "1h30m", "90s", "250ms", "1.5h", "9999999h", "1.123456789s", "0s"] {
             assert!(pattern.is_match(good) && parse(good).is_ok(), "{good}");
         }
-        for bad in ["10", "10d", "h"] {
+        for bad in ["10", "10d", "h", "99999999999999999999999h", "10000000h", "1.1234567891s", "1h99999999m"] {
             assert!(!pattern.is_match(bad) && parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn whatever_the_schema_admits_fits_a_clock_and_a_calendar() {
+        // The longest value the pattern and maxLength admit: four numbers of 7 digits, in hours.
+        let longest = "9999999h".repeat(MAX_LENGTH / "9999999h".len());
+        assert_eq!(longest.len(), MAX_LENGTH);
+        assert!(regex::Regex::new(PATTERN).unwrap().is_match(&longest));
+        let duration = parse(&longest).unwrap();
+        let signed = jiff::SignedDuration::try_from(duration).unwrap();
+        assert!(jiff::Timestamp::now().checked_add(signed).is_ok(), "{longest} from now is a timestamp");
+    }
+
+    #[test]
+    fn a_field_over_its_maximum_is_refused_naming_the_field_and_the_maximum() {
+        let field = "spec.indicator.expireAfter";
+        assert_eq!(parse_at_most(field, "720h", "87600h"), Ok(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_at_most(field, "87600h", "87600h"), Ok(Duration::from_secs(87600 * 3600)));
+        let over = parse_at_most(field, "87600h1s", "87600h").unwrap_err();
+        assert_eq!(
+            over.to_string(),
+            "spec.indicator.expireAfter: 87600h1s is more than the maximum, 87600h; set a shorter duration"
+        );
+        let huge = parse_at_most(field, "99999999999999999999999h", "87600h").unwrap_err();
+        assert!(matches!(huge, FieldError::Invalid { .. }), "{huge:?}");
+        let message = huge.to_string();
+        assert!(message.starts_with("spec.indicator.expireAfter: invalid duration"), "{message}");
+        assert!(message.contains("at most 7 digits"), "{message}");
     }
 }

@@ -34,6 +34,9 @@ pub struct ProbeFindingSpec {
     pub state: Option<TestState>,
     /// The probe's exit code (`dat: <test_id>:<code>`), used when `state` is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Explicit bounds: `format: int32` alone is not enforced by every API server, and one finding
+    // the operator cannot read would stall the watch of all findings.
+    #[schemars(range(min = i32::MIN, max = i32::MAX))]
     pub code: Option<i32>,
     /// When the probe reported the result (default: the object's creation time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,15 +299,18 @@ fn canonical(indicator: &IndicatorSpec) -> Result<IndicatorKey, String> {
                 value.to_string()
             }
             IndicatorType::DomainName => {
-                let valid = !value.is_empty()
-                    && value.len() <= 253
+                // Two labels at least: Defender refuses a bare name (e.g. a hash typed DomainName).
+                let valid = value.len() <= 253
+                    && value.contains('.')
                     && value.split('.').all(|label| {
                         !label.is_empty()
                             && label.len() <= 63
+                            && !label.starts_with('-')
+                            && !label.ends_with('-')
                             && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                     });
                 if !valid {
-                    return Err(format!("{:?} is not a domain name", truncate(value, 80)));
+                    return Err(format!("{:?} is not a domain name (e.g. evil.example.com)", truncate(value, 80)));
                 }
                 value.to_ascii_lowercase()
             }
@@ -415,5 +421,10 @@ mod tests {
         assert!(finding(None, Some(101), vec![of(IndicatorType::IpAddress, "10.0.0.0/8")]).indicator_keys().is_err());
         assert!(finding(None, Some(101), vec![of(IndicatorType::Url, "ftp://x")]).indicator_keys().is_err());
         assert!(finding(None, Some(101), vec![of(IndicatorType::DomainName, "bad domain")]).indicator_keys().is_err());
+        for bare in ["a94a8fe5ccb19ba61c4c0873d391e987982fbbd3", "localhost", "-evil.example.com", "evil-.example.com"]
+        {
+            let err = finding(None, Some(101), vec![of(IndicatorType::DomainName, bare)]).indicator_keys().unwrap_err();
+            assert!(err.to_string().contains("is not a domain name"), "{bare}: {err}");
+        }
     }
 }

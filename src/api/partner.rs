@@ -5,6 +5,15 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::duration;
+
+/// The longest `spec.indicator.expireAfter`: ten years.
+pub const MAX_EXPIRE_AFTER: &str = "87600h";
+/// The longest `spec.revalidateInterval`: a week.
+pub const MAX_REVALIDATE_INTERVAL: &str = "168h";
+/// Secret data keys: what Kubernetes allows (`[-._a-zA-Z0-9]+`, at most 253 characters).
+const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "detect.dev",
@@ -27,7 +36,10 @@ pub struct DefenderPartnerSpec {
     /// Defender API base URL. Defaults to the cloud's API host. Must be https (plain http is
     /// accepted for loopback emulators only) and on the operator's API host allow-list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(https://[^/\s]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?)/?$"))]
+    #[schemars(
+        regex(pattern = r"^(https://[^/\s]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?)/?$"),
+        length(max = 2048)
+    )]
     pub api: Option<String>,
 
     /// Sovereign cloud: picks the login host and the token resource.
@@ -43,6 +55,7 @@ pub struct DefenderPartnerSpec {
 
     /// Which ProbeFindings of this namespace this partner receives (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "finding_selector_schema")]
     pub finding_selector: Option<LabelSelector>,
 
     /// How indicators are written to Defender.
@@ -53,11 +66,23 @@ pub struct DefenderPartnerSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// How often credentials are re-checked (jittered). They are also re-checked at once when
-    /// the Secret changes.
+    /// How often credentials are re-checked (jittered), e.g. `1h`; at most `168h`. They are also
+    /// re-checked at once when the Secret changes.
     #[serde(default = "default_revalidate_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = duration::PATTERN), length(max = duration::MAX_LENGTH))]
     pub revalidate_interval: String,
+}
+
+/// The label selector's schema with `matchExpressions[].operator` limited to the operators
+/// Kubernetes knows: a typo is refused when applied instead of silently selecting nothing.
+fn finding_selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = <Option<LabelSelector> as JsonSchema>::json_schema(generator);
+    let operator = schema
+        .pointer_mut("/properties/matchExpressions/items/properties/operator")
+        .and_then(|operator| operator.as_object_mut())
+        .expect("LabelSelector's schema has matchExpressions[].operator");
+    operator.insert("enum".into(), serde_json::json!(["In", "NotIn", "Exists", "DoesNotExist"]));
+    schema
 }
 
 fn default_revalidate_interval() -> String {
@@ -88,11 +113,17 @@ pub struct Credentials {
 pub struct SecretRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// The Secret key holding the tenant GUID or verified domain (default `tenantId`).
     #[serde(default = "default_tenant_id_key")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
     pub tenant_id_key: String,
+    /// The Secret key holding the app's client id (default `clientId`).
     #[serde(default = "default_client_id_key")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
     pub client_id_key: String,
+    /// The Secret key holding the client secret's value (default `clientSecret`).
     #[serde(default = "default_client_secret_key")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
     pub client_secret_key: String,
 }
 
@@ -116,9 +147,10 @@ pub struct IndicatorSettings {
     /// Forced to true with `Audit`, as Defender requires.
     #[serde(default = "default_true")]
     pub generate_alert: bool,
-    /// Indicators expire this long after the finding was observed.
+    /// Indicators expire this long after the finding was observed, e.g. `720h`; at most `87600h`
+    /// (ten years).
     #[serde(default = "default_expire_after")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = duration::PATTERN), length(max = duration::MAX_LENGTH))]
     pub expire_after: String,
     /// Prepended to the test name to form the indicator title.
     #[serde(default = "default_title_prefix")]
@@ -127,9 +159,18 @@ pub struct IndicatorSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1000))]
     pub recommended_actions: Option<String>,
-    /// Device groups the indicator applies to (empty: all devices).
+    /// Device groups the indicator applies to (empty: all devices); at most 100 names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 256)))]
     pub rbac_group_names: Vec<String>,
+}
+
+impl IndicatorSettings {
+    /// `expireAfter` as a duration; out of range (over [`MAX_EXPIRE_AFTER`]) or unreadable is an
+    /// error naming the field, never "no expiry".
+    pub fn expire_after(&self) -> Result<std::time::Duration, duration::FieldError> {
+        duration::parse_at_most("spec.indicator.expireAfter", &self.expire_after, MAX_EXPIRE_AFTER)
+    }
 }
 
 impl Default for IndicatorSettings {
@@ -246,6 +287,14 @@ pub struct TenantQuota {
     pub limit: u32,
 }
 
+impl DefenderPartnerSpec {
+    /// `revalidateInterval` as a duration; out of range (over [`MAX_REVALIDATE_INTERVAL`]) or
+    /// unreadable is an error naming the field, for the partner's status rather than a fallback.
+    pub fn revalidate_interval(&self) -> Result<std::time::Duration, duration::FieldError> {
+        duration::parse_at_most("spec.revalidateInterval", &self.revalidate_interval, MAX_REVALIDATE_INTERVAL)
+    }
+}
+
 impl DefenderPartner {
     /// The marker written into `externalId` of every indicator this partner owns.
     pub fn owner_marker(&self) -> String {
@@ -254,5 +303,79 @@ impl DefenderPartner {
             self.metadata.namespace.as_deref().unwrap_or_default(),
             self.metadata.name.as_deref().unwrap_or_default()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec_schema() -> serde_json::Value {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(DefenderPartner::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    #[test]
+    fn schema_bounds_every_free_text_field() {
+        let spec = spec_schema();
+        let props = &spec["properties"];
+        assert_eq!(props["api"]["maxLength"], 2048);
+        let secret_ref = &props["credentials"]["properties"]["secretRef"]["properties"];
+        for key in ["tenantIdKey", "clientIdKey", "clientSecretKey"] {
+            assert_eq!(
+                (secret_ref[key]["minLength"].as_u64(), secret_ref[key]["maxLength"].as_u64()),
+                (Some(1), Some(253))
+            );
+            assert_eq!(secret_ref[key]["pattern"], SECRET_KEY_PATTERN, "{key}");
+        }
+        assert_eq!(secret_ref["name"]["maxLength"], 253);
+        let indicator = &props["indicator"]["properties"];
+        let groups = &indicator["rbacGroupNames"];
+        assert_eq!(groups["maxItems"], 100);
+        assert_eq!(
+            (groups["items"]["minLength"].as_u64(), groups["items"]["maxLength"].as_u64()),
+            (Some(1), Some(256))
+        );
+        for duration in [&indicator["expireAfter"], &props["revalidateInterval"]] {
+            assert_eq!(duration["maxLength"], duration::MAX_LENGTH);
+            assert_eq!(duration["pattern"], duration::PATTERN);
+        }
+    }
+
+    #[test]
+    fn secret_key_pattern_is_what_kubernetes_allows() {
+        let pattern = regex::Regex::new(SECRET_KEY_PATTERN).unwrap();
+        for good in ["tenantId", "client-secret", "app.client_id", ".dotfile", "A9"] {
+            assert!(pattern.is_match(good), "{good}");
+        }
+        for bad in ["", "client secret", "a/b", "key:1", "ключ", "tenantId\n"] {
+            assert!(!pattern.is_match(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_over_their_maximum_are_errors_naming_the_field() {
+        let mut settings = IndicatorSettings::default();
+        assert_eq!(settings.expire_after(), Ok(Duration::from_secs(720 * 3600)));
+        settings.expire_after = MAX_EXPIRE_AFTER.into();
+        assert_eq!(settings.expire_after(), Ok(Duration::from_secs(87600 * 3600)));
+        settings.expire_after = "87601h".into();
+        let message = settings.expire_after().unwrap_err().to_string();
+        assert!(
+            message.starts_with("spec.indicator.expireAfter: 87601h is more than the maximum, 87600h"),
+            "{message}"
+        );
+        settings.expire_after = "99999999999999999999999h".into();
+        let message = settings.expire_after().unwrap_err().to_string();
+        assert!(message.starts_with("spec.indicator.expireAfter: invalid duration"), "{message}");
+
+        let mut spec: DefenderPartnerSpec =
+            serde_json::from_value(serde_json::json!({"credentials": {"secretRef": {"name": "s"}}})).unwrap();
+        assert_eq!(spec.revalidate_interval(), Ok(Duration::from_secs(3600)));
+        spec.revalidate_interval = "169h".into();
+        let message = spec.revalidate_interval().unwrap_err().to_string();
+        assert!(message.starts_with("spec.revalidateInterval: 169h is more than the maximum, 168h"), "{message}");
     }
 }

@@ -34,11 +34,24 @@ pub fn selects(partner: &DefenderPartner, finding: &ProbeFinding) -> bool {
     }
 }
 
-/// When a finding's indicators stop being worth pushing.
-pub fn expiry(finding: &ProbeFinding, settings: &IndicatorSettings) -> Option<Timestamp> {
-    let expire_after = crate::api::duration::parse(&settings.expire_after).ok()?;
-    let observed = finding.observed_time()?;
-    observed.checked_add(jiff::SignedDuration::try_from(expire_after).ok()?).ok()
+/// When a finding's indicators stop being worth pushing: its observation time plus the partner's
+/// `expireAfter`. An `expireAfter` the operator cannot use (unreadable, over its maximum) or an
+/// expiry past what a timestamp holds is an error naming the field, never "no expiry" — which
+/// Defender would read as "never expires".
+pub fn expiry(finding: &ProbeFinding, settings: &IndicatorSettings) -> Result<Option<Timestamp>, String> {
+    let expire_after = settings.expire_after().map_err(|e| e.to_string())?;
+    let Some(observed) = finding.observed_time() else { return Ok(None) };
+    jiff::SignedDuration::try_from(expire_after)
+        .ok()
+        .and_then(|after| observed.checked_add(after).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "spec.indicator.expireAfter: {} after the finding's observation time ({observed}) is past the \
+                 latest time Defender can be given; check the finding's spec.observedTime",
+                settings.expire_after
+            )
+        })
 }
 
 /// What one partner should hold for its namespace, built from the findings it selects.
@@ -73,7 +86,8 @@ pub fn desired<'a>(
         if finding.effective_state() != TestState::Unprotected {
             continue;
         }
-        let expires = expiry(finding, &settings.indicator);
+        // Without a usable expiry nothing is pushed: the finding's delivery says why.
+        let Ok(expires) = expiry(finding, &settings.indicator) else { continue };
         if expires.is_some_and(|at| at <= now) {
             continue;
         }
@@ -110,15 +124,17 @@ pub fn new_indicator(
         finding.metadata.namespace.as_deref().unwrap_or_default(),
         finding.metadata.name.as_deref().unwrap_or_default()
     );
+    let title = one_line(&format!("{}{}", indicator.title_prefix, spec.test.name));
     NewIndicator {
         indicator_value: key.value.clone(),
         indicator_type: key.type_.as_str().to_string(),
         action: format!("{:?}", indicator.action),
-        title: format!("{}{}", indicator.title_prefix, spec.test.name),
-        description: format!(
+        // Defender requires a title: a name of nothing but control characters falls back to the id.
+        title: if title.is_empty() { spec.test.id.clone() } else { title },
+        description: one_line(&format!(
             "Security test {} ({}) ran UNPROTECTED on {endpoint}. Finding {finding_name}; pushed by {APPLICATION} for partner {}.",
             spec.test.name, spec.test.id, settings.marker
-        ),
+        )),
         application: APPLICATION.to_string(),
         external_id: settings.marker.clone(),
         expiration_time: expires.map(|at| at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
@@ -127,6 +143,16 @@ pub fn new_indicator(
         rbac_group_names: indicator.rbac_group_names.clone(),
         generate_alert: indicator.generate_alert || indicator.action == IndicatorAction::Audit,
     }
+}
+
+/// Free text from a finding or partner as one line for Defender's title and description:
+/// control characters (newlines, tabs, …) and bidirectional overrides, which could make a title
+/// read differently in the portal, become spaces; whitespace runs become one space.
+fn one_line(text: &str) -> String {
+    let is_bidi_control =
+        |c: char| matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let spaced: String = text.chars().map(|c| if c.is_control() || is_bidi_control(c) { ' ' } else { c }).collect();
+    spaced.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Who holds a value in Defender, from the partner's point of view.
@@ -219,7 +245,7 @@ pub fn delivery(
             delivery.message = Some(format!("partner {partner} is not attached: {why}"));
             if finding.effective_state() != TestState::Unprotected {
                 delivery.state = DeliveryState::Skipped;
-                delivery.message = None;
+                delivery.message = Some(nothing_to_push(finding));
             }
             return keep_submitted_time(delivery, previous);
         }
@@ -250,12 +276,131 @@ pub fn delivery(
     } else {
         DeliveryState::Pending
     };
-    if delivery.state == DeliveryState::External {
+    if delivery.state == DeliveryState::Skipped {
+        delivery.message = Some(nothing_to_push(finding));
+    } else if delivery.state == DeliveryState::External {
         delivery.message = Some("already in Defender under another owner; left untouched".into());
     } else if delivery.state == DeliveryState::Submitted && foreign > 0 {
         delivery.message = Some(format!("{foreign} of {} already in Defender under another owner", keys.len()));
     }
     keep_submitted_time(delivery, previous)
+}
+
+/// A finding's delivery to `partner`: [`delivery`] with the partner's expiry applied at `now`. When
+/// the partner's `expireAfter` gives no usable expiry, nothing is pushed and the delivery fails
+/// with the reason, naming the field (unless it is already held, or there is nothing to push).
+pub fn partner_delivery(
+    partner: &DefenderPartner,
+    finding: &ProbeFinding,
+    keys: &[IndicatorKey],
+    now: Timestamp,
+    engine: Result<&dyn Fn(&IndicatorKey) -> ValueStatus, &str>,
+    previous: Option<&Delivery>,
+) -> Delivery {
+    let name = partner.metadata.name.as_deref().unwrap_or_default();
+    match expiry(finding, &partner.spec.indicator) {
+        Ok(expires) => delivery(name, finding, keys, expires.is_some_and(|at| at <= now), engine, previous),
+        Err(problem) => {
+            let mut delivery = delivery(name, finding, keys, false, engine, previous);
+            if delivery.state == DeliveryState::Pending {
+                delivery.state = DeliveryState::Failed;
+                delivery.message = Some(problem);
+            }
+            delivery
+        }
+    }
+}
+
+/// Is the partner attached: validated, not suspended, not being deleted? Only attached partners
+/// hold a finding's `Ready` back (DESIGN.md).
+pub fn attached(partner: &DefenderPartner) -> bool {
+    !partner.spec.suspend
+        && partner.metadata.deletion_timestamp.is_none()
+        && partner.status.as_ref().is_some_and(|status| status.state == Some(PartnerState::Attached))
+}
+
+/// A finding's `Ready` condition from its deliveries, one per partner that selects it
+/// (DESIGN.md): True when every attached partner holds its indicators (`Submitted` or
+/// `External`), or when there is nothing to deliver; False with the first attached partner's
+/// reason while anything is pending or failed. Partners that are not attached (detached,
+/// suspended) keep their delivery `Pending` with its message but do not hold `Ready` back — unless
+/// no attached partner selects an UNPROTECTED finding at all, when nothing holds it.
+pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: impl Fn(&str) -> bool) -> Verdict {
+    let nothing_to_deliver = || Verdict::new(READY, true, "NothingToDeliver", nothing_to_push(finding));
+    if deliveries.is_empty() {
+        return if finding.effective_state() == TestState::Unprotected {
+            Verdict::new(READY, false, "NoPartner", "no DefenderPartner in this namespace selects this finding")
+        } else {
+            nothing_to_deliver()
+        };
+    }
+    if deliveries.iter().all(|d| d.state == DeliveryState::Skipped) {
+        return nothing_to_deliver();
+    }
+    let (on, off): (Vec<&Delivery>, Vec<&Delivery>) = deliveries.iter().partition(|d| attached(&d.partner));
+    let waiting = match on.iter().find(|d| !delivered(d)) {
+        Some(waiting) => Some(*waiting),
+        None if on.is_empty() => off.iter().find(|d| !delivered(d)).copied(),
+        None => None,
+    };
+    let Some(first) = waiting else {
+        let mut message = "every attached partner holds this finding's indicators (or has nothing to hold)".to_string();
+        if !off.is_empty() {
+            let names: Vec<&str> = off.iter().map(|d| d.partner.as_str()).collect();
+            message += &format!("; not attached, so not waited for: {}", names.join(", "));
+        }
+        return Verdict::new(READY, true, "Delivered", message);
+    };
+    let reason = match first.state {
+        DeliveryState::Failed => "DeliveryFailed",
+        DeliveryState::Expired => "Expired",
+        _ => "Pending",
+    };
+    let message = match &first.message {
+        Some(message) => format!("partner {}: {message}", first.partner),
+        None => format!("partner {}: {:?}", first.partner, first.state),
+    };
+    Verdict::new(READY, false, reason, message)
+}
+
+/// `Ready` of a finding whose `spec.partnerRef` names a partner that does not receive it: `named`
+/// is the partner of that name in the finding's namespace, if there is one. Either way the reason
+/// is `PartnerNotFound`; the message says which case it is and how to fix it.
+pub fn partner_ref_not_found(partner_ref: &str, named: Option<&DefenderPartner>) -> Verdict {
+    let message = match named {
+        None => format!(
+            "spec.partnerRef names DefenderPartner {partner_ref:?}, which does not exist in this namespace; \
+             create it, or correct spec.partnerRef.name"
+        ),
+        Some(partner) => {
+            let why = match partner.spec.finding_selector.clone().map(Selector::try_from) {
+                Some(Ok(selector)) => {
+                    format!("its spec.findingSelector ({selector}) does not match this finding's labels")
+                }
+                Some(Err(_)) => "its spec.findingSelector is invalid, so it selects no finding".to_string(),
+                None => "it does not select this finding".to_string(),
+            };
+            format!(
+                "spec.partnerRef names DefenderPartner {partner_ref:?}, which exists but does not receive this \
+                 finding: {why}; label the finding to match, or change the partner's findingSelector"
+            )
+        }
+    };
+    Verdict::new(READY, false, "PartnerNotFound", message)
+}
+
+/// Why a finding that did not run UNPROTECTED has nothing to push, in the API's words: an exit
+/// code outside Prelude's table is said to be so, rather than left to look like a delivery.
+fn nothing_to_push(finding: &ProbeFinding) -> String {
+    let state = finding.effective_state();
+    let spelled = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    match (finding.spec.state, finding.spec.code) {
+        (None, Some(code)) if state == TestState::None => {
+            format!("nothing to push: exit code {code} is not in Prelude's exit-code table, so the result is NONE")
+        }
+        (None, Some(code)) => format!("nothing to push: exit code {code} means {spelled}"),
+        _ => format!("nothing to push: the test was {spelled}"),
+    }
 }
 
 /// `submittedTime` is set once, when the delivery first became `Submitted`.

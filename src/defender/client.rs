@@ -165,6 +165,12 @@ struct ImportResponse {
     value: Option<Vec<ImportResult>>,
 }
 
+/// Why a tenant id is refused before anything is sent, naming the Secret key and the fix.
+const TENANT_INVALID_MESSAGE: &str = "the tenant id in the Secret (key tenantId, or the key \
+     spec.credentials.secretRef.tenantIdKey names) is neither a GUID nor a domain name; store the directory \
+     (tenant) GUID, e.g. 00000000-0000-0000-0000-000000000000, or a verified domain such as \
+     contoso.onmicrosoft.com under that key";
+
 impl DefenderClient {
     /// Checks the API host and authority against `policy` before anything is sent:
     /// a host that is not allowed is `HostNotAllowed` (reason `ApiHostNotAllowed`).
@@ -213,7 +219,8 @@ impl DefenderClient {
             return Err(DefenderError::Token {
                 reason: "TenantInvalid",
                 aadsts: None,
-                message: "the tenant id is neither a GUID nor a domain name".into(),
+                // Never the value itself: a secret pasted under the wrong key must not reach status.
+                message: TENANT_INVALID_MESSAGE.into(),
                 transient: false,
             });
         }
@@ -610,6 +617,11 @@ mod tests {
         assert_eq!(client(Cloud::Commercial, Some("not a url"), "t", &p).unwrap_err().reason(), "ConfigError");
         assert_eq!(client(Cloud::Commercial, None, "", &p).unwrap_err().reason(), "TenantInvalid");
         assert_eq!(client(Cloud::Commercial, None, "a/b", &p).unwrap_err().reason(), "TenantInvalid");
+        let message = client(Cloud::Commercial, None, "contoso onmicrosoft/com", &p).unwrap_err().to_string();
+        assert!(message.contains("neither a GUID nor a domain name"), "{message}");
+        assert!(message.contains("key tenantId") && message.contains("tenantIdKey"), "names the key: {message}");
+        assert!(message.contains("store the directory (tenant) GUID"), "says the fix: {message}");
+        assert!(!message.contains("contoso onmicrosoft"), "never echoes the value: {message}");
         assert_eq!(client(Cloud::Commercial, None, "common", &p).unwrap_err().reason(), "ConfigError");
     }
 

@@ -181,7 +181,10 @@ fn hint(reason: &str) -> &'static str {
         "CredentialMissing" => "no client secret reached Entra",
         "AppNotFound" => "the client id was not found in this tenant (wrong client id, or an app of another tenant)",
         "TenantNotFound" => "the tenant was not found (wrong tenant id or domain, or a tenant of another cloud)",
-        "TenantInvalid" => "the tenant id is malformed",
+        "TenantInvalid" => {
+            "the tenant id is malformed: store the tenant GUID or a verified domain under the Secret's tenantId key \
+             (or the key spec.credentials.secretRef.tenantIdKey names)"
+        }
         "WrongCloud" => "the tenant or app belongs to another cloud; check spec.cloud",
         "ConfigError" => "Entra rejected the token request as misconfigured",
         "DefenderNotProvisioned" => {
@@ -493,6 +496,10 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // A malformed tenant says which Secret key to fix and how.
+        let e = classify_token_error(400, &aadsts_body(900023, "invalid_request"), None, "s3cr3t").to_string();
+        assert!(e.contains("tenantId key") && e.contains("tenantIdKey"), "{e}");
+        assert!(e.contains("store the tenant GUID or a verified domain"), "{e}");
     }
 
     #[test]

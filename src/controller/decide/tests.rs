@@ -140,6 +140,25 @@ fn indicator_carries_the_partner_settings_and_marker() {
 }
 
 #[test]
+fn titles_and_descriptions_are_one_line_without_control_or_bidi_characters() {
+    let partner = partner("p");
+    let settings = settings(&partner);
+    let mut finding = finding("f", TestState::Unprotected, &[&hash('a')]);
+    finding.spec.test.name = "line one\nline two\ttabbed\u{7}bell\u{202e}reversed  Ünïcödé 日本".into();
+    finding.spec.endpoint = Some(Endpoint { hostname: Some("host\r\nInjected: header".into()), ..Default::default() });
+    let indicator = new_indicator(&key(&hash('a')), &finding, &settings, None);
+    assert_eq!(indicator.title, "Detect: line one line two tabbed bell reversed Ünïcödé 日本");
+    assert!(indicator.description.contains(" on host Injected: header. "), "{}", indicator.description);
+    assert!(!indicator.description.chars().any(|c| c.is_control() || c == '\u{202e}'));
+
+    let mut settings = settings;
+    settings.indicator.title_prefix = String::new();
+    finding.spec.test.name = "\n\t".into();
+    let indicator = new_indicator(&key(&hash('a')), &finding, &settings, None);
+    assert_eq!(indicator.title, finding.spec.test.id, "never an empty title");
+}
+
+#[test]
 fn plan_skips_what_defender_holds_and_withdraws_only_our_unreferenced() {
     let partner = partner("p");
     let settings = settings(&partner);
@@ -192,6 +211,24 @@ fn delivery_states() {
     let d = delivery("p", &unprotected, &keys, false, Ok(&failed), None);
     assert_eq!((d.state, d.message.as_deref()), (DeliveryState::Failed, Some("InvalidHashValue")));
 
+    let mut protected = finding("f", TestState::Protected, &[&hash('a')]);
+    let skipped = delivery("p", &protected, &keys, false, Ok(&pending), None);
+    assert_eq!(
+        (skipped.state, skipped.message.as_deref()),
+        (DeliveryState::Skipped, Some("nothing to push: the test was PROTECTED"))
+    );
+    protected.spec.state = None;
+    protected.spec.code = Some(4242);
+    let unknown = delivery("p", &protected, &keys, false, Err("InvalidSecret"), None);
+    assert_eq!(unknown.state, DeliveryState::Skipped);
+    assert_eq!(
+        unknown.message.as_deref(),
+        Some("nothing to push: exit code 4242 is not in Prelude's exit-code table, so the result is NONE")
+    );
+    protected.spec.code = Some(104);
+    let not_relevant = delivery("p", &protected, &keys, false, Ok(&pending), None);
+    assert_eq!(not_relevant.message.as_deref(), Some("nothing to push: exit code 104 means NOT_RELEVANT"));
+
     let detached = delivery("p", &unprotected, &keys, false, Err("InvalidSecret"), None);
     assert_eq!(detached.state, DeliveryState::Pending);
     assert!(detached.message.unwrap().contains("InvalidSecret"));
@@ -201,6 +238,200 @@ fn delivery_states() {
     assert_eq!(delivery("p", &protected, &keys, false, Ok(&pending), None).state, DeliveryState::Skipped);
     // Pushed earlier, now PROTECTED: the indicator is working and stays.
     assert_eq!(delivery("p", &protected, &keys, false, Ok(&ours), None).state, DeliveryState::Submitted);
+}
+
+#[test]
+fn an_unusable_expire_after_pushes_nothing_and_fails_the_delivery_naming_the_field() {
+    let pending = |_: &IndicatorKey| ValueStatus::Pending;
+    let unprotected = finding("f", TestState::Unprotected, &[&hash('a')]);
+    let keys = unprotected.indicator_keys().unwrap();
+    for (expire_after, says) in [
+        ("87601h", "spec.indicator.expireAfter: 87601h is more than the maximum, 87600h"),
+        ("99999999999999999999999h", "spec.indicator.expireAfter: invalid duration"),
+    ] {
+        let mut partner = partner("p");
+        partner.spec.indicator.expire_after = expire_after.into();
+        let settings = settings(&partner);
+        assert!(expiry(&unprotected, &settings.indicator).unwrap_err().starts_with(says), "{expire_after}");
+        // Not pushed without an expiry ("never expires" in Defender), but still referenced.
+        let desired = desired(&partner, &settings, [&unprotected], now());
+        assert!(desired.push.is_empty(), "{expire_after}: {desired:?}");
+        assert_eq!(desired.referenced.len(), 1);
+        for engine in [Ok(&pending as &dyn Fn(&IndicatorKey) -> ValueStatus), Err("InvalidSecret")] {
+            let d = partner_delivery(&partner, &unprotected, &keys, now(), engine, None);
+            assert_eq!(d.state, DeliveryState::Failed, "{expire_after}");
+            let message = d.message.unwrap();
+            assert!(message.starts_with(says), "{message}");
+        }
+        // Nothing to push anyway: still Skipped, saying why.
+        let protected = finding("g", TestState::Protected, &[&hash('a')]);
+        assert_eq!(
+            partner_delivery(&partner, &protected, &keys, now(), Ok(&pending), None).state,
+            DeliveryState::Skipped
+        );
+    }
+
+    // At the maximum: pushed, expiring ten years after the observation.
+    let mut partner = partner("p");
+    partner.spec.indicator.expire_after = crate::api::partner::MAX_EXPIRE_AFTER.into();
+    let settings = settings(&partner);
+    let indicator = &desired(&partner, &settings, [&unprotected], now()).push[&key(&hash('a'))];
+    let expected =
+        Timestamp::from_second(NOW - 3600 + 87600 * 3600).unwrap().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert_eq!(indicator.expiration_time.as_deref(), Some(expected.as_str()));
+    // An observation time so late that the expiry is past what a timestamp holds: an error too.
+    let mut late = finding("late", TestState::Unprotected, &[&hash('a')]);
+    late.spec.observed_time = Some(Time("9999-01-01T00:00:00Z".parse().unwrap()));
+    assert!(expiry(&late, &settings.indicator).unwrap_err().contains("spec.observedTime"));
+    assert!(desired(&partner, &settings, [&late], now()).push.is_empty());
+
+    // Expired through partner_delivery, as through delivery.
+    let mut old = finding("old", TestState::Unprotected, &[&hash('a')]);
+    old.spec.observed_time = Some(Time(Timestamp::from_second(NOW - 721 * 3600).unwrap()));
+    let partner = self::partner("p");
+    assert_eq!(partner_delivery(&partner, &old, &keys, now(), Ok(&pending), None).state, DeliveryState::Expired);
+}
+
+fn with_state(mut partner: DefenderPartner, state: PartnerState) -> DefenderPartner {
+    partner.status = Some(crate::api::DefenderPartnerStatus { state: Some(state), ..Default::default() });
+    partner
+}
+
+#[test]
+fn only_validated_unsuspended_partners_count_as_attached() {
+    assert!(!attached(&partner("new")), "not validated yet");
+    assert!(attached(&with_state(partner("a"), PartnerState::Attached)));
+    assert!(!attached(&with_state(partner("d"), PartnerState::Detached)));
+    let mut suspended = with_state(partner("s"), PartnerState::Attached);
+    suspended.spec.suspend = true;
+    assert!(!attached(&suspended), "suspend: true, not reconciled yet");
+    let mut deleting = with_state(partner("x"), PartnerState::Attached);
+    deleting.metadata.deletion_timestamp = Some(Time(now()));
+    assert!(!attached(&deleting));
+}
+
+fn delivered_as(partner: &str, state: DeliveryState, message: Option<&str>) -> Delivery {
+    Delivery {
+        partner: partner.into(),
+        state,
+        indicators: vec![],
+        submitted_time: None,
+        message: message.map(str::to_string),
+    }
+}
+
+#[test]
+fn ready_waits_only_for_attached_partners() {
+    let unprotected = finding("f", TestState::Unprotected, &[&hash('a')]);
+    let attached_ones = |names: &'static [&'static str]| move |name: &str| names.contains(&name);
+    let submitted = delivered_as("good", DeliveryState::Submitted, None);
+    let detached = delivered_as("bad", DeliveryState::Pending, Some("partner bad is not attached: InvalidSecret"));
+    let suspended = delivered_as("paused", DeliveryState::Pending, Some("partner paused is not attached: Suspended"));
+
+    // The attached partner holds it; the detached and the suspended ones do not hold Ready back.
+    let ready = finding_ready(
+        &unprotected,
+        &[detached.clone(), submitted.clone(), suspended.clone()],
+        attached_ones(&["good"]),
+    );
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
+    assert!(ready.message.contains("not attached, so not waited for: bad, paused"), "{}", ready.message);
+    let external = delivered_as("good", DeliveryState::External, None);
+    assert!(finding_ready(&unprotected, &[detached.clone(), external], attached_ones(&["good"])).status);
+
+    // An attached partner still pushing holds it back, with its own message, whatever comes first.
+    let pushing = delivered_as("good", DeliveryState::Pending, None);
+    let ready = finding_ready(&unprotected, &[detached.clone(), pushing], attached_ones(&["good"]));
+    assert_eq!(
+        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (false, "Pending", "partner good: Pending")
+    );
+    let failed = delivered_as("good", DeliveryState::Failed, Some("InvalidHashValue"));
+    let ready = finding_ready(&unprotected, &[detached.clone(), failed], attached_ones(&["good"]));
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "DeliveryFailed"));
+    let expired = delivered_as("good", DeliveryState::Expired, None);
+    assert_eq!(finding_ready(&unprotected, &[expired], attached_ones(&["good"])).reason, "Expired");
+
+    // No attached partner at all: nothing holds the indicators, so not Ready; the detached
+    // partner's reason is shown.
+    let ready = finding_ready(&unprotected, &[detached.clone(), suspended], attached_ones(&[]));
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    assert_eq!(ready.message, "partner bad: partner bad is not attached: InvalidSecret");
+    let ready = finding_ready(&unprotected, &[], attached_ones(&[]));
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "NoPartner"));
+
+    // Every attached partner holds it and none is detached: no note about detached partners.
+    let ready = finding_ready(&unprotected, &[submitted], attached_ones(&["good"]));
+    assert_eq!(ready.message, "every attached partner holds this finding's indicators (or has nothing to hold)");
+}
+
+#[test]
+fn ready_is_nothing_to_deliver_when_every_delivery_is_skipped() {
+    let mut finding = finding("f", TestState::NotRelevant, &[&hash('a')]);
+    let skipped = |partner: &str| delivered_as(partner, DeliveryState::Skipped, Some("nothing to push"));
+    let everyone = |_: &str| true;
+    let ready = finding_ready(&finding, &[skipped("a"), skipped("b")], everyone);
+    assert_eq!(
+        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (true, "NothingToDeliver", "nothing to push: the test was NOT_RELEVANT")
+    );
+    // Skipped by a detached partner too.
+    assert_eq!(finding_ready(&finding, &[skipped("a")], |_: &str| false).reason, "NothingToDeliver");
+    // No partner at all: the same, spelled as the API spells states.
+    finding.spec.state = None;
+    finding.spec.code = Some(4242);
+    let ready = finding_ready(&finding, &[], everyone);
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "NothingToDeliver"));
+    assert_eq!(
+        ready.message,
+        "nothing to push: exit code 4242 is not in Prelude's exit-code table, so the result is NONE"
+    );
+    finding.spec.state = Some(TestState::Protected);
+    assert_eq!(finding_ready(&finding, &[], everyone).message, "nothing to push: the test was PROTECTED");
+    // Pushed earlier and now PROTECTED: held, so Delivered, not NothingToDeliver.
+    let held = delivered_as("a", DeliveryState::Submitted, None);
+    assert_eq!(finding_ready(&finding, &[held, skipped("b")], everyone).reason, "Delivered");
+}
+
+#[test]
+fn partner_ref_not_found_says_whether_the_partner_is_missing_or_does_not_select() {
+    let missing = partner_ref_not_found("late", None);
+    assert_eq!((missing.status, missing.reason.as_str()), (false, "PartnerNotFound"));
+    assert_eq!(
+        missing.message,
+        "spec.partnerRef names DefenderPartner \"late\", which does not exist in this namespace; create it, or \
+         correct spec.partnerRef.name"
+    );
+
+    let mut choosy = partner("late");
+    choosy.spec.finding_selector = Some(LabelSelector {
+        match_labels: Some([("team".to_string(), "red".to_string())].into()),
+        ..Default::default()
+    });
+    let excluded = partner_ref_not_found("late", Some(&choosy));
+    assert_eq!((excluded.status, excluded.reason.as_str()), (false, "PartnerNotFound"));
+    assert!(!excluded.message.contains("does not exist"), "{}", excluded.message);
+    assert_eq!(
+        excluded.message,
+        "spec.partnerRef names DefenderPartner \"late\", which exists but does not receive this finding: its \
+         spec.findingSelector (team=red) does not match this finding's labels; label the finding to match, or \
+         change the partner's findingSelector"
+    );
+
+    choosy.spec.finding_selector = Some(LabelSelector {
+        match_expressions: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+            key: "team".into(),
+            operator: "Equals".into(),
+            values: None,
+        }]),
+        ..Default::default()
+    });
+    let invalid = partner_ref_not_found("late", Some(&choosy));
+    assert!(
+        invalid.message.contains("its spec.findingSelector is invalid, so it selects no finding"),
+        "{}",
+        invalid.message
+    );
 }
 
 #[test]
