@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -25,10 +26,15 @@ async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let findings: usize = std::env::var("BENCH_FINDINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let singles: usize = std::env::var("BENCH_SINGLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let dir = tempdir()?;
+    if let Ok(filter) = std::env::var("BENCH_SANDBOX_LOG") {
+        // The sandbox's own log (API server, emulator), beside the operators' logs.
+        let log = std::fs::File::create(dir.join("sandbox.log"))?;
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Mutex::new(log)).init();
+    }
     let emulator = EmulatorConfig { latency: LATENCY, ..EmulatorConfig::sandbox() };
     let limits = emulator.limits.clone();
     let sandbox = Sandbox::start(SandboxOptions { emulator, ..Default::default() }).await?;
-    let dir = tempdir()?;
     let kubeconfig = dir.join("operator.kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -49,19 +55,19 @@ async fn main() -> anyhow::Result<()> {
     wait_all_submitted(&sandbox, findings, Duration::from_secs(600)).await?;
     let converge = started.elapsed();
     let calls = calls_by_endpoint(&sandbox);
-    let kube_requests = kube_requests(metrics_port).await? - kube_before;
+    let converge_kube_requests = kube_requests(metrics_port).await? - kube_before;
     let peak_rss = peak_rss_mib(&operator)?;
     let duplicates = sandbox.defender.indicators(sv::TENANT_ID).len() as i64 - findings as i64;
 
     // Restart: a fresh operator, same cluster and tenant.
-    operator.kill()?;
-    operator.wait()?;
+    operator.kill_and_wait()?;
     sandbox.defender.clear_calls();
     let restarted = Instant::now();
     let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port, &dir.join("operator-2.log"))?;
-    wait_steady_after_restart(&sandbox, findings).await?;
+    wait_steady_after_restart(&sandbox, metrics_port, findings).await?;
     let restart_converge = restarted.elapsed();
     let restart_calls = calls_by_endpoint(&sandbox);
+    let restart_kube_requests = kube_requests(metrics_port).await?;
 
     // One new finding alone: time until its indicator is in Defender.
     let mut latencies = Vec::with_capacity(singles);
@@ -74,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
             if started.elapsed() > Duration::from_secs(60) {
+                if let Ok(metrics) = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await {
+                    std::fs::write(dir.join("operator-2.metrics"), metrics.text().await.unwrap_or_default())?;
+                }
                 bail!(
                     "single finding {i} not pushed within 60 s (operator log: {})",
                     dir.join("operator-2.log").display()
@@ -85,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     }
     latencies.sort();
     let p99 = latencies.get((latencies.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
-    operator.kill()?;
+    operator.kill_and_wait()?;
 
     let naive = naive_seconds(findings, &limits);
     let writes: u64 = ["ImportIndicators", "SubmitIndicator", "DeleteIndicator", "BatchDeleteIndicators"]
@@ -109,11 +118,12 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{:<44} {:>14}", "Defender write calls", writes);
     println!("{:<44} {:>14}", "duplicate indicators", duplicates);
-    println!("{:<44} {:>14}", "Kubernetes API requests (operator)", kube_requests);
+    println!("{:<44} {:>14}", "Kubernetes API requests (operator)", converge_kube_requests);
     println!("{:<44} {:>10.1} MiB", "operator peak RSS", peak_rss);
     println!("{:<44} {:>13.1}s", "restart: time to steady state", restart_converge.as_secs_f64());
     println!("{:<44} {:>14}", "restart: Defender calls", restart_calls.values().sum::<u64>());
     println!("{:<44} {:>14}", "restart: Defender write calls", restart_writes);
+    println!("{:<44} {:>14}", "restart: Kubernetes API requests", restart_kube_requests);
     println!("{:<44} {:>11.0} ms", format!("single finding p99 (of {singles})"), p99.as_secs_f64() * 1000.0);
     println!("{:<44} {:>13.0}s", "naive baseline (one submit per indicator)", naive);
     println!(
@@ -122,10 +132,11 @@ async fn main() -> anyhow::Result<()> {
             "findings": findings,
             "converge_s": round(converge.as_secs_f64()),
             "defender_calls": calls,
-            "kube_requests": kube_requests,
+            "kube_requests": converge_kube_requests,
             "operator_peak_rss_mib": round(peak_rss),
             "restart_converge_s": round(restart_converge.as_secs_f64()),
             "restart_defender_calls": restart_calls.values().sum::<u64>(),
+            "restart_kube_requests": restart_kube_requests,
             "naive_converge_s": round(naive),
             "single_finding_p99_ms": round(p99.as_secs_f64() * 1000.0),
             "defender_write_calls": writes,
@@ -189,14 +200,31 @@ async fn kube_requests(port: u16) -> anyhow::Result<u64> {
     }
 }
 
+/// The operator's process; killed when dropped, so that a failed run leaves nothing behind.
+struct OperatorProcess(Child);
+
+impl OperatorProcess {
+    fn kill_and_wait(&mut self) -> std::io::Result<()> {
+        self.0.kill()?;
+        self.0.wait().map(|_| ())
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn spawn_operator(
     sandbox: &Sandbox,
     kubeconfig: &std::path::Path,
     metrics_port: u16,
     log: &std::path::Path,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<OperatorProcess> {
     let log = std::fs::File::create(log)?;
-    Command::new(env!("CARGO_BIN_EXE_defender-operator"))
+    let child = Command::new(env!("CARGO_BIN_EXE_defender-operator"))
         .args(["run", "--api-allowlist", "http://127.0.0.1:*", "--authority-url"])
         .arg(sandbox.defender.url().as_str())
         .arg("--metrics-addr")
@@ -206,7 +234,8 @@ fn spawn_operator(
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .spawn()
-        .context("starting the operator binary")
+        .context("starting the operator binary")?;
+    Ok(OperatorProcess(child))
 }
 
 async fn wait_attached(sandbox: &Sandbox) -> anyhow::Result<()> {
@@ -275,13 +304,22 @@ async fn wait_all_submitted(sandbox: &Sandbox, count: usize, timeout: Duration) 
     }
 }
 
-/// Steady after a restart: the new operator has read Defender once and reports every indicator
-/// in sync, and every finding is still Submitted.
-async fn wait_steady_after_restart(sandbox: &Sandbox, count: usize) -> anyhow::Result<()> {
+/// Steady after a restart: the new operator is ready (its caches are synced), its sync engine
+/// has read Defender (a full list, not the partner check's `$top=1`), the partner reports every
+/// indicator in sync, and every finding is still Submitted.
+async fn wait_steady_after_restart(sandbox: &Sandbox, metrics_port: u16, count: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let read = sandbox.defender.calls().iter().any(|c| c.endpoint == Endpoint::ListIndicators && c.status == 200);
-        if read {
+        let read = sandbox
+            .defender
+            .calls()
+            .iter()
+            .filter(|c| c.endpoint == Endpoint::ListIndicators && c.status == 200)
+            .any(|c| !c.path.split(['?', '&']).any(|part| part.ends_with("top=1")));
+        let ready = reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if read && ready {
             let partner: DefenderPartner = Api::namespaced(sandbox.admin.clone(), "default").get("defender").await?;
             let synced = partner.status.as_ref().is_some_and(|s| {
                 is_true(&s.conditions, INDICATORS_SYNCED)
@@ -309,8 +347,8 @@ fn calls_by_endpoint(sandbox: &Sandbox) -> BTreeMap<String, u64> {
     calls
 }
 
-fn peak_rss_mib(child: &Child) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+fn peak_rss_mib(operator: &OperatorProcess) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.0.id()))?;
     let kib: f64 = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))

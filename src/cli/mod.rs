@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// Seconds before expiry at which the leader renews (also the clock skew tolerated).
     #[arg(long, env = "LEASE_GRACE_SECONDS", default_value_t = 5)]
     pub lease_grace_seconds: u64,
+    /// Seconds one Defender or Entra call may take before it is abandoned and retried.
+    #[arg(long, env = "DEFENDER_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub defender_timeout_seconds: u64,
 }
 
 impl RunArgs {
@@ -89,6 +93,7 @@ impl RunArgs {
         Ok(controller::Config {
             namespace: self.namespace.clone(),
             host_policy: HostPolicy { allowlist, authority_override: self.authority_url.clone() },
+            request_timeout: Some(std::time::Duration::from_secs(self.defender_timeout_seconds)),
             ..Default::default()
         })
     }

@@ -14,7 +14,7 @@ use super::decide::{self, ValueStatus};
 use super::{Context, Error, object_key};
 use crate::api::conditions::{self, READY, Verdict};
 use crate::api::finding::ProbeFindingStatus;
-use crate::api::{DefenderPartner, Delivery, DeliveryState, MANAGER, PartnerState, ProbeFinding, TestState};
+use crate::api::{DefenderPartner, Delivery, DeliveryState, MANAGER, PartnerState, ProbeFinding};
 
 pub async fn reconcile(finding: Arc<ProbeFinding>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("ProbeFinding");
@@ -35,6 +35,7 @@ async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result
     if about_to_be_pushed(finding, &status) {
         // A new finding an attached engine is about to push: write once, when it is delivered,
         // instead of Pending now and Submitted a second later.
+        tracing::debug!(finding = %finding.name_any(), "new finding: waking its engines");
         wake_engines(&partners, ctx);
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
@@ -97,15 +98,12 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     if let Some(partner_ref) = &finding.spec.partner_ref
         && partners.is_empty()
     {
-        let verdict = Verdict::new(
-            READY,
-            false,
-            "PartnerNotFound",
-            format!(
-                "spec.partnerRef names DefenderPartner {:?}, which does not exist in this namespace",
-                partner_ref.name
-            ),
-        );
+        let named = ctx
+            .partners
+            .state()
+            .into_iter()
+            .find(|p| p.namespace() == finding.namespace() && p.name_any() == partner_ref.name);
+        let verdict = decide::partner_ref_not_found(&partner_ref.name, named.as_deref());
         status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
         return status;
     }
@@ -113,21 +111,25 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     let mut deliveries: Vec<Delivery> = Vec::new();
     for partner in partners {
         let name = partner.name_any();
-        let expired = decide::expiry(finding, &partner.spec.indicator).is_some_and(|at| at <= Timestamp::now());
         let previous_delivery = previous.deliveries.iter().find(|d| d.partner == name);
         let engine = ctx.engines.get(&partner.owner_marker()).filter(|e| e.ready());
-        let delivery = match &engine {
-            Some(engine) => {
+        // An attached partner whose engine has not read Defender yet (e.g. after a restart):
+        // what the finding said stays true until the engine knows better.
+        let kept = previous_delivery
+            .filter(|_| decide::attached(partner) && previous.observed_generation == finding.metadata.generation);
+        let delivery = match (&engine, kept) {
+            (Some(engine), _) => {
                 let lookup = |key: &crate::api::finding::IndicatorKey| -> ValueStatus { engine.status_of(key) };
-                decide::delivery(&name, finding, &keys, expired, Ok(&lookup), previous_delivery)
+                decide::partner_delivery(partner, finding, &keys, Timestamp::now(), Ok(&lookup), previous_delivery)
             }
-            None => {
+            (None, Some(kept)) => kept.clone(),
+            (None, None) => {
                 let why = match partner.status.as_ref() {
                     Some(s) if s.state == Some(PartnerState::Detached) => s.reason.clone().unwrap_or_default(),
                     Some(s) if s.state == Some(PartnerState::Attached) => "its sync engine is starting".into(),
                     _ => "not validated yet".into(),
                 };
-                decide::delivery(&name, finding, &keys, expired, Err(&why), previous_delivery)
+                decide::partner_delivery(partner, finding, &keys, Timestamp::now(), Err(&why), previous_delivery)
             }
         };
         let mut delivery = delivery;
@@ -139,27 +141,8 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
 
     let done = deliveries.iter().filter(|d| decide::delivered(d)).count();
     status.delivered = Some(format!("{done}/{}", deliveries.len()));
-    let verdict = if deliveries.is_empty() {
-        if state == TestState::Unprotected {
-            Verdict::new(READY, false, "NoPartner", "no DefenderPartner in this namespace selects this finding")
-        } else {
-            Verdict::new(READY, true, "NothingToDeliver", format!("the test was {state:?}: nothing to push"))
-        }
-    } else if done == deliveries.len() {
-        Verdict::new(READY, true, "Delivered", "every partner holds this finding's indicators (or has nothing to hold)")
-    } else {
-        let first = deliveries.iter().find(|d| !decide::delivered(d)).expect("one is not delivered");
-        let reason = match first.state {
-            DeliveryState::Failed => "DeliveryFailed",
-            DeliveryState::Expired => "Expired",
-            _ => "Pending",
-        };
-        let message = match &first.message {
-            Some(message) => format!("partner {}: {message}", first.partner),
-            None => format!("partner {}: {:?}", first.partner, first.state),
-        };
-        Verdict::new(READY, false, reason, message)
-    };
+    let attached = |name: &str| partners.iter().any(|p| p.name_any() == name && decide::attached(p));
+    let verdict = decide::finding_ready(finding, &deliveries, attached);
     status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
     status.deliveries = deliveries;
     status

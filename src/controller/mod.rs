@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -38,6 +38,8 @@ pub struct Config {
     pub host_policy: HostPolicy,
     pub engine: EngineConfig,
     pub rate_limits: Option<RateLimits>,
+    /// How long one Defender or Entra call may take; default 30 s.
+    pub request_timeout: Option<Duration>,
     /// Name under which events are reported (the pod name in a cluster).
     pub instance: Option<String>,
 }
@@ -61,6 +63,21 @@ impl Error {
         }
     }
 
+    /// A write lost to a concurrent one (409 Conflict).
+    fn is_conflict(&self) -> bool {
+        use kube::runtime::finalizer::Error as Finalizing;
+        let conflict = |error: &kube::Error| matches!(error, kube::Error::Api(status) if status.code == 409);
+        match self {
+            Error::Kube(error) => conflict(error),
+            Error::Finalizer(inner) => match &**inner {
+                Finalizing::ApplyFailed(e) | Finalizing::CleanupFailed(e) => e.is_conflict(),
+                Finalizing::AddFinalizer(e) | Finalizing::RemoveFinalizer(e) => conflict(e),
+                _ => false,
+            },
+            Error::Defender(_) => false,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Defender(error) => error.retry_after(),
@@ -81,7 +98,7 @@ pub struct Context {
     pub config: Config,
     pub http: reqwest::Client,
     pub limiter: Arc<RateLimiter>,
-    pub engines: Engines,
+    pub engines: Arc<Engines>,
     pub partners: Store<DefenderPartner>,
     pub findings: Store<ProbeFinding>,
     pub recorder: Recorder,
@@ -98,7 +115,11 @@ impl Context {
     }
 
     /// Per-object exponential backoff with jitter (1 s doubling to 5 min), or `Retry-After`.
+    /// A write conflict (409) is retried at once: the next attempt reads the latest object.
     fn backoff(&self, key: &str, error: &Error) -> Action {
+        if error.is_conflict() {
+            return Action::requeue(Duration::from_millis(200 + rand::random::<u64>() % 800));
+        }
         let attempt = {
             let mut failures = self.failures.lock().unwrap();
             let count = failures.entry(key.to_string()).or_insert(0);
@@ -165,12 +186,25 @@ pub async fn run(
     // The cache holds every finding: keep it lean. Managed fields are most of an object and the
     // operator never reads them.
     let (findings, writer) = reflector::store::<ProbeFinding>();
+    let engines = Arc::new(Engines::default());
+    let new_findings_wake = engines.clone();
     let finding_events =
         watcher::watcher(scoped::<ProbeFinding>(&client, &config.namespace), watcher::Config::default())
             .default_backoff()
             .modify(|finding| finding.managed_fields_mut().clear())
             .reflect(writer)
-            .touched_objects();
+            .touched_objects()
+            // A new or changed finding wakes its engines as soon as it is in the cache, however
+            // long the reconcile queue is (a restart queues every finding).
+            .inspect_ok(move |finding| {
+                let observed = finding.status.as_ref().and_then(|s| s.observed_generation);
+                if observed != finding.metadata.generation
+                    && let Some(namespace) = &finding.metadata.namespace
+                {
+                    tracing::trace!(finding = ?finding.metadata.name, "new or changed finding in the cache");
+                    new_findings_wake.wake_namespace(namespace);
+                }
+            });
     let finding_controller = Controller::for_stream(finding_events, findings)
         .with_config(controller::Config::default().concurrency(16))
         .reconcile_on(UnboundedReceiverStream::new(finding_rx))
@@ -187,7 +221,7 @@ pub async fn run(
         client,
         http: crate::defender::client::default_http_client().expect("the HTTP client builds (TLS roots load)"),
         limiter,
-        engines: Engines::default(),
+        engines,
         partners,
         findings,
         triggers: Triggers { findings: finding_tx, partners: partner_tx },
@@ -204,12 +238,10 @@ pub async fn run(
     });
 
     info!(namespace = ctx.config.namespace.as_deref().unwrap_or("<all>"), "controllers starting");
-    let partner_ctx = ctx.clone();
     let partners = partner_controller.run(partner::reconcile, partner::error_policy, ctx.clone()).for_each(|result| {
         if let Err(error) = result {
             log_controller_error("DefenderPartner", &error);
         }
-        let _ = &partner_ctx;
         futures::future::ready(())
     });
     let finding_ctx = ctx.clone();
@@ -226,13 +258,17 @@ pub async fn run(
         }
         futures::future::ready(())
     });
+    // Each controller on its own task, so both cores work; dropping the set stops them.
+    let mut controllers = tokio::task::JoinSet::new();
+    controllers.spawn(partners);
+    controllers.spawn(findings);
     // Draining is bounded: a shutdown that lands mid-start must not outlive the pod's grace period.
     let drain_deadline = async {
         shutdown.await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
     };
     tokio::select! {
-        _ = async { futures::join!(partners, findings) } => info!("controllers stopped"),
+        _ = async { while controllers.join_next().await.is_some() {} } => info!("controllers stopped"),
         _ = drain_deadline => warn!("controllers did not drain within {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
 }

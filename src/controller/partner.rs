@@ -90,6 +90,11 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
         write_status(&partner, status, ctx).await?;
         return Ok(Action::await_change());
     }
+    if let Some(problem) = spec_problem(&partner) {
+        stop_engine(&partner, ctx);
+        write_status(&partner, detached(&partner, "InvalidSpec", &problem, false, None), ctx).await?;
+        return Ok(Action::await_change());
+    }
     let credentials = match read_credentials(&partner, ctx).await? {
         Ok(credentials) => credentials,
         Err(problem) => {
@@ -130,6 +135,19 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
             status.credentials_hash = Some(hash);
             write_status(&partner, status, ctx).await?;
             Ok(Action::requeue(jittered(interval)))
+        }
+        Err(error)
+            if error.is_transient()
+                && previous.state == Some(PartnerState::Attached)
+                && previous.credentials_hash.as_deref() == Some(hash.as_str())
+                && previous.observed_generation == partner.metadata.generation
+                && ctx.engines.get(&marker).is_some() =>
+        {
+            // A hiccup while re-checking credentials that worked: keep pushing and retry with
+            // backoff rather than flapping to Detached on one 503.
+            warn!(partner = %marker, reason = error.reason(), %error, "re-validation failed; retrying");
+            write_status(&partner, attached(&partner, &previous, None, ctx), ctx).await?;
+            Err(error.into())
         }
         Err(error) => {
             let transient = error.is_transient();
@@ -207,7 +225,10 @@ fn defender_client(
     credentials: Credentials,
     ctx: &Context,
 ) -> Result<DefenderClient, crate::defender::DefenderError> {
-    let options = ClientOptions { observer: Some(ctx.metrics.clone()), ..Default::default() };
+    let mut options = ClientOptions { observer: Some(ctx.metrics.clone()), ..Default::default() };
+    if let Some(timeout) = ctx.config.request_timeout {
+        options.request_timeout = timeout;
+    }
     DefenderClient::with_options(
         ctx.http.clone(),
         partner.spec.cloud,
@@ -309,9 +330,16 @@ pub(crate) fn credentials_hash(credentials: &Credentials) -> String {
 }
 
 fn revalidate_interval(partner: &DefenderPartner) -> Duration {
-    crate::api::duration::parse(&partner.spec.revalidate_interval)
-        .unwrap_or(Duration::from_secs(3600))
-        .max(Duration::from_secs(10))
+    partner.spec.revalidate_interval().unwrap_or(Duration::from_secs(3600)).max(Duration::from_secs(10))
+}
+
+/// A spec value the schema lets through but the operator cannot honour (a duration over its
+/// maximum), named with its field and the fix.
+fn spec_problem(partner: &DefenderPartner) -> Option<String> {
+    let revalidate = partner.spec.revalidate_interval().err();
+    let expire = partner.spec.indicator.expire_after().err();
+    let problems: Vec<String> = revalidate.into_iter().chain(expire).map(|e| e.to_string()).collect();
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// Time left before re-validation is due, when the last one still holds for these credentials

@@ -300,6 +300,9 @@ impl Worker {
         if !send_all {
             plan.withdraw.clear();
         }
+        if !plan.push.is_empty() || !plan.withdraw.is_empty() {
+            debug!(push = plan.push.len(), held = held.len(), withdraw = plan.withdraw.len(), "sending");
+        }
 
         let mut changed: BTreeSet<IndicatorKey> = BTreeSet::new();
         let outcome = self.push(&plan.push, &mut changed).await;
@@ -451,9 +454,9 @@ impl Worker {
     }
 }
 
-/// Exponential backoff with jitter for failures without `Retry-After`: 2 s doubling to 60 s.
+/// Exponential backoff with jitter for failures without `Retry-After`: 1 s doubling to 30 s.
 fn backoff(failures: u32) -> Duration {
-    let base = 2u64.saturating_pow(failures.min(6)).min(60);
+    let base = 2u64.saturating_pow(failures.saturating_sub(1).min(5)).min(30);
     let jitter = rand::random::<f64>() * 0.3 + 0.85;
     Duration::from_secs_f64(base as f64 * jitter)
 }

@@ -31,6 +31,8 @@ pub struct SandboxOptions {
     pub engine: EngineConfig,
     /// Watch one namespace only (as `run --namespace`).
     pub watch_namespace: Option<String>,
+    /// How long one Defender call may take (as `run --defender-timeout-seconds`); default 30 s.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for SandboxOptions {
@@ -44,6 +46,7 @@ impl Default for SandboxOptions {
                 ..Default::default()
             },
             watch_namespace: None,
+            request_timeout: None,
         }
     }
 }
@@ -111,6 +114,7 @@ impl Sandbox {
             host_policy: HostPolicy { allowlist, authority_override: Some(self.defender.url()) },
             engine: self.options.engine.clone(),
             rate_limits: None,
+            request_timeout: self.options.request_timeout,
             instance: Some("defender-operator-sandbox".into()),
         }
     }

@@ -72,6 +72,11 @@ impl Faults {
         *self.random_throttle.lock().unwrap() = 0.0;
     }
 
+    /// Queued faults and hangs not yet consumed by a call.
+    pub fn pending(&self) -> usize {
+        self.queue.lock().unwrap().len() + self.hangs.lock().unwrap().len()
+    }
+
     pub(crate) fn take_hang(&self) -> Option<Duration> {
         self.hangs.lock().unwrap().pop_front()
     }
