@@ -262,3 +262,60 @@ async fn wait_gone(partners: &Api<DefenderPartner>, name: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A finding the API server accepts but the operator cannot read (here: the CRD's schema loosened,
+/// as after a version skew) is reported on its own and stalls nothing, not even a fresh list.
+#[tokio::test]
+async fn an_unreadable_finding_is_reported_and_stalls_nothing() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    let mut world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.attached("default", "defender").await;
+
+    let crds = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let crds: Api<DynamicObject> = Api::all_with(world.admin.clone(), &crds);
+    let mut crd = crds.get("probefindings.detect.dev").await.unwrap();
+    crd.data["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    crds.replace("probefindings.detect.dev", &PostParams::default(), &crd).await.unwrap();
+    let findings = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("detect.dev", "v1alpha1", "ProbeFinding"),
+        "probefindings",
+    );
+    let untyped: Api<DynamicObject> = Api::namespaced_with(world.admin.clone(), "default", &findings);
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding", "metadata": {"name": "unreadable"},
+        "spec": {"test": {"id": "3ebbda49-738c-4799-a8fb-206630cf609e", "name": "x"}, "state": "UNPROTECTED",
+                 "indicators": "not a list"}
+    }))
+    .unwrap();
+    untyped.create(&PostParams::default(), &bad).await.unwrap();
+
+    world.finding("default", "good", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    world.ready_finding("default", "good").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = untyped.get("unreadable").await.unwrap().data["status"].clone();
+        let says_why = status["conditions"].as_array().is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c["reason"] == "InvalidFinding" && c["message"].as_str().is_some_and(|m| m.contains("cannot be read"))
+            })
+        });
+        if says_why {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the unreadable finding should say why: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // A restarted operator lists it again: the list must not fail.
+    world.operator.take().unwrap().stop().await;
+    world.operator = Some(world.start_operator());
+    world.finding("default", "after-restart", &[sha256(2)], json!({"state": "UNPROTECTED"})).await;
+    world.ready_finding("default", "after-restart").await;
+    assert_eq!(world.indicator_values(sv::TENANT_ID), vec![sha256(1), sha256(2)]);
+}

@@ -86,6 +86,13 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     let now = Time(Timestamp::now());
     let mut status = ProbeFindingStatus { state: Some(state), observed_generation: generation, ..Default::default() };
 
+    if let Some(why) = ctx.unreadable.why(finding) {
+        status.state = None;
+        let message = format!("the finding cannot be read: {why}; fix it to match the ProbeFinding CRD");
+        let verdict = Verdict::new(READY, false, "InvalidFinding", message);
+        status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
+        return status;
+    }
     let keys = match finding.indicator_keys() {
         Ok(keys) => keys,
         Err(invalid) => {

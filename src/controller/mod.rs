@@ -4,6 +4,7 @@
 pub mod decide;
 mod finding;
 pub(crate) mod partner;
+mod readable;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -99,6 +101,8 @@ pub struct Context {
     pub http: reqwest::Client,
     pub limiter: Arc<RateLimiter>,
     pub engines: Arc<Engines>,
+    /// Findings the API server holds but the operator cannot read, and why.
+    pub unreadable: Arc<readable::Unreadable>,
     pub partners: Store<DefenderPartner>,
     pub findings: Store<ProbeFinding>,
     pub recorder: Recorder,
@@ -188,23 +192,30 @@ pub async fn run(
     let (findings, writer) = reflector::store::<ProbeFinding>();
     let engines = Arc::new(Engines::default());
     let new_findings_wake = engines.clone();
-    let finding_events =
-        watcher::watcher(scoped::<ProbeFinding>(&client, &config.namespace), watcher::Config::default())
-            .default_backoff()
-            .modify(|finding| finding.managed_fields_mut().clear())
-            .reflect(writer)
-            .touched_objects()
-            // A new or changed finding wakes its engines as soon as it is in the cache, however
-            // long the reconcile queue is (a restart queues every finding).
-            .inspect_ok(move |finding| {
-                let observed = finding.status.as_ref().and_then(|s| s.observed_generation);
-                if observed != finding.metadata.generation
-                    && let Some(namespace) = &finding.metadata.namespace
-                {
-                    tracing::trace!(finding = ?finding.metadata.name, "new or changed finding in the cache");
-                    new_findings_wake.wake_namespace(namespace);
-                }
-            });
+    let unreadable = Arc::new(readable::Unreadable::default());
+    let reader = unreadable.clone();
+    let finding_resource = ApiResource::erase::<ProbeFinding>(&());
+    let untyped: Api<DynamicObject> = match &config.namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &finding_resource),
+        None => Api::all_with(client.clone(), &finding_resource),
+    };
+    let finding_events = watcher::watcher(untyped, watcher::Config::default())
+        .default_backoff()
+        .map_ok(move |event| reader.read(event))
+        .modify(|finding| finding.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects()
+        // A new or changed finding wakes its engines as soon as it is in the cache, however
+        // long the reconcile queue is (a restart queues every finding).
+        .inspect_ok(move |finding| {
+            let observed = finding.status.as_ref().and_then(|s| s.observed_generation);
+            if observed != finding.metadata.generation
+                && let Some(namespace) = &finding.metadata.namespace
+            {
+                tracing::trace!(finding = ?finding.metadata.name, "new or changed finding in the cache");
+                new_findings_wake.wake_namespace(namespace);
+            }
+        });
     let finding_controller = Controller::for_stream(finding_events, findings)
         .with_config(controller::Config::default().concurrency(16))
         .reconcile_on(UnboundedReceiverStream::new(finding_rx))
@@ -222,6 +233,7 @@ pub async fn run(
         http: crate::defender::client::default_http_client().expect("the HTTP client builds (TLS roots load)"),
         limiter,
         engines,
+        unreadable,
         partners,
         findings,
         triggers: Triggers { findings: finding_tx, partners: partner_tx },
