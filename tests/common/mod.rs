@@ -143,6 +143,20 @@ impl World {
     }
 }
 
+/// Log lines written into memory (a tracing writer), to search for what must never be logged.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Waits (polling) until `check` holds, or panics with `what` after `timeout`.
 pub async fn eventually(what: &str, timeout: Duration, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
