@@ -21,7 +21,7 @@ use defender_operator::api::conditions::{INDICATORS_SYNCED, READY, is_true};
 use defender_operator::api::{DefenderPartner, DeliveryState, PartnerState, ProbeFinding};
 use defender_operator::lease::{self, LeaseConfig};
 use defender_operator::sandbox::cluster::{OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT};
-use defender_operator::sandbox::defender::{Endpoint, sandbox_values as sv};
+use defender_operator::sandbox::defender::{Endpoint, Faults, sandbox_values as sv};
 use defender_operator::sandbox::{Sandbox, SandboxOptions};
 use defender_operator::telemetry::{Health, Metrics};
 use futures::StreamExt;
@@ -234,30 +234,28 @@ fn emulator_faults_served(world: &World) -> usize {
     world.defender.calls().iter().filter(|c| c.status == 429 || c.status >= 500).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn defender_throttling_bursts() {
+/// Half the findings meet the first burst, the other half the second (once the first half is in).
+async fn two_bursts(scenario: &str, first: impl Fn(&Faults), second: impl Fn(&Faults)) {
     let world = attached_world(SandboxOptions::default()).await;
-    world.defender.faults().throttle_next(5, 2);
+    first(world.defender.faults());
     create(&world, 0..FINDINGS / 2).await;
     until("the first half pushed after the burst", WAIT, || world.indicators().len() == unprotected(0..FINDINGS / 2))
         .await;
-    world.defender.faults().throttle_next(5, 1);
+    second(world.defender.faults());
     create(&world, FINDINGS / 2..FINDINGS).await;
     until("the second burst was served", WAIT, || world.defender.faults().pending() == 0).await;
-    verify(&world, "Defender 429 bursts with Retry-After", emulator_faults_served(&world), 0..FINDINGS).await;
+    verify(&world, scenario, emulator_faults_served(&world), 0..FINDINGS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defender_throttling_bursts() {
+    let (first, second) = (|f: &Faults| f.throttle_next(5, 2), |f: &Faults| f.throttle_next(5, 1));
+    two_bursts("Defender 429 bursts with Retry-After", first, second).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defender_server_error_bursts() {
-    let world = attached_world(SandboxOptions::default()).await;
-    world.defender.faults().fail_next(3, 500);
-    create(&world, 0..FINDINGS / 2).await;
-    until("the first half pushed after the burst", WAIT, || world.indicators().len() == unprotected(0..FINDINGS / 2))
-        .await;
-    world.defender.faults().fail_next(3, 503);
-    create(&world, FINDINGS / 2..FINDINGS).await;
-    until("the second burst was served", WAIT, || world.defender.faults().pending() == 0).await;
-    verify(&world, "Defender 500/503 bursts", emulator_faults_served(&world), 0..FINDINGS).await;
+    two_bursts("Defender 500/503 bursts", |f| f.fail_next(3, 500), |f| f.fail_next(3, 503)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,12 +31,10 @@ async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result
     };
     let status = finding_status(finding, &partners, ctx);
     let changed = finding.status.as_ref() != Some(&status);
-    let wake = finding.status.as_ref().and_then(|s| s.observed_generation) != finding.metadata.generation;
+    // The findings watch has woken the engines of a new or changed finding (controller::run).
     if about_to_be_pushed(finding, &status) {
         // A new finding an attached engine is about to push: write once, when it is delivered,
         // instead of Pending now and Submitted a second later.
-        tracing::debug!(finding = %finding.name_any(), "new finding: waking its engines");
-        wake_engines(&partners, ctx);
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     if changed {
@@ -44,22 +42,10 @@ async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result
         let patch = serde_json::json!({"apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding", "status": status});
         api.patch_status(&finding.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
     }
-    // A new or changed finding: its partners' engines work out what to push.
-    if wake {
-        wake_engines(&partners, ctx);
-    }
     ctx.succeeded(&object_key(&**finding));
     // Engines poke findings whose indicators changed; the periodic pass catches the rest
     // (e.g. a finding that expires).
     Ok(Action::requeue(Duration::from_secs(3600)))
-}
-
-fn wake_engines(partners: &[Arc<DefenderPartner>], ctx: &Context) {
-    for partner in partners {
-        if let Some(engine) = ctx.engines.get(&partner.owner_marker()) {
-            engine.wake();
-        }
-    }
 }
 
 /// No status yet, a few seconds old, and every delivery merely waiting for a running engine.
