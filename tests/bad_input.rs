@@ -1112,6 +1112,22 @@ async fn a_finding_naming_a_missing_partner_says_partner_not_found() {
 // 14. Durations out of range
 // ---------------------------------------------------------------------------------------------
 
+/// The partner CRD as it was before its duration maxima were CEL rules.
+async fn without_duration_rules(world: &World) {
+    let crds = ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let crds: Api<DynamicObject> = Api::all_with(world.admin.clone(), &crds);
+    let mut crd = crds.get("defenderpartners.detect.dev").await.unwrap();
+    let spec = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties";
+    for field in ["indicator/properties/expireAfter", "revalidateInterval"] {
+        let field = crd.data.pointer_mut(&format!("{spec}/{field}")).and_then(Value::as_object_mut).unwrap();
+        assert!(field.remove("x-kubernetes-validations").is_some(), "the CRD should carry the rule being removed");
+    }
+    crds.replace("defenderpartners.detect.dev", &PostParams::default(), &crd).await.unwrap();
+}
+
 #[tokio::test]
 async fn durations_out_of_range_are_refused_naming_the_field() {
     let world = world_with_good_partner().await;
@@ -1134,9 +1150,17 @@ async fn durations_out_of_range_are_refused_naming_the_field() {
         refused(&world, &object, field, "should match").await;
     }
 
-    // Readable, but over expireAfter's maximum (87600h, ten years): nothing is pushed without an
-    // expiry, and the finding says which partner field is wrong and what the maximum is. (In a
-    // namespace of its own, so the good partner does not receive the finding as well.)
+    // Readable, but over the maximum (ten years; a week): the schema's CEL rule refuses it.
+    let over_expiry = partner_json(&world, "over-expiry", |spec| spec["indicator"] = json!({"expireAfter": "87601h"}));
+    refused(&world, &over_expiry, "spec.indicator.expireAfter", "at most 87600h").await;
+    let over_interval = partner_json(&world, "over-interval", |spec| spec["revalidateInterval"] = json!("169h"));
+    refused(&world, &over_interval, "spec.revalidateInterval", "at most 168h").await;
+
+    // A partner stored before that rule (an older CRD; here the rules removed) is the operator's to
+    // refuse: nothing is pushed without an expiry, and the finding says which partner field is
+    // wrong and what the maximum is. (In a namespace of its own, so the good partner does not
+    // receive the finding as well.)
+    without_duration_rules(&world).await;
     let ns = "durations";
     world.namespace(ns).await;
     world.good_secret(ns, "creds").await;

@@ -70,6 +70,9 @@ pub struct DefenderPartnerSpec {
     /// re-checked at once when the Secret changes.
     #[serde(default = "default_revalidate_interval")]
     #[schemars(regex(pattern = duration::PATTERN), length(max = duration::MAX_LENGTH))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) <= duration('168h')", "message": "at most 168h (a week)"}
+    ]))]
     pub revalidate_interval: String,
 }
 
@@ -151,6 +154,9 @@ pub struct IndicatorSettings {
     /// (ten years).
     #[serde(default = "default_expire_after")]
     #[schemars(regex(pattern = duration::PATTERN), length(max = duration::MAX_LENGTH))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) <= duration('87600h')", "message": "at most 87600h (ten years)"}
+    ]))]
     pub expire_after: String,
     /// Prepended to the test name to form the indicator title.
     #[serde(default = "default_title_prefix")]
@@ -338,9 +344,15 @@ mod tests {
             (groups["items"]["minLength"].as_u64(), groups["items"]["maxLength"].as_u64()),
             (Some(1), Some(256))
         );
-        for duration in [&indicator["expireAfter"], &props["revalidateInterval"]] {
+        for (duration, max) in
+            [(&indicator["expireAfter"], MAX_EXPIRE_AFTER), (&props["revalidateInterval"], MAX_REVALIDATE_INTERVAL)]
+        {
             assert_eq!(duration["maxLength"], duration::MAX_LENGTH);
             assert_eq!(duration["pattern"], duration::PATTERN);
+            // The schema refuses what the operator would refuse (InvalidSpec) where CEL can.
+            let rule = &duration["x-kubernetes-validations"][0];
+            assert_eq!(rule["rule"], format!("duration(self) <= duration('{max}')"));
+            assert!(rule["message"].as_str().unwrap().starts_with(&format!("at most {max} ")));
         }
     }
 

@@ -1,8 +1,8 @@
 //! A small evaluator for the subset of CEL used in CRD `x-kubernetes-validations` rules:
 //! literals, `self`/`oldSelf` field access, `has()`, `size()`, string functions (`matches`,
 //! `startsWith`, `endsWith`, `contains`, `lowerAscii`, `upperAscii`, `trim`), arithmetic,
-//! comparisons, `in`, `&&`/`||` (commutative with errors), `?:`, lists, maps and the
-//! `all`/`exists`/`exists_one`/`map`/`filter` macros.
+//! comparisons, `in`, `&&`/`||` (commutative with errors), `?:`, lists, maps, the
+//! `all`/`exists`/`exists_one`/`map`/`filter` macros, and `duration()` with comparisons.
 
 use serde_json::{Map, Number, Value, json};
 
@@ -478,6 +478,10 @@ fn binary(op: &str, l: &Value, r: &Value) -> Result<Value, String> {
         "<" | "<=" | ">" | ">=" => {
             let ord = match (l, r) {
                 (Value::String(a), Value::String(b)) => a.cmp(b),
+                _ if as_duration(l).is_some() || as_duration(r).is_some() => {
+                    let (a, b) = (as_duration(l).ok_or("no such overload")?, as_duration(r).ok_or("no such overload")?);
+                    a.cmp(&b)
+                }
                 _ => {
                     let (a, b) = (num(l).ok_or("no such overload")?, num(r).ok_or("no such overload")?);
                     a.partial_cmp(&b).ok_or("no such overload")?
@@ -594,9 +598,75 @@ fn call(target: Option<&Expr>, name: &str, args: &[Expr], vars: &mut Vars) -> Re
             Value::String(x) => x.parse::<i64>().map(|i| json!(i)).map_err(|e| e.to_string()),
             _ => Err("no such overload: int".into()),
         },
+        "duration" => parse_go_duration(s(0)?).map(|nanos| json!({ DURATION: nanos })).ok_or_else(|| {
+            format!(
+                "type conversion error from 'string' to 'google.protobuf.Duration': invalid duration {:?}",
+                s(0).unwrap_or_default()
+            )
+        }),
         "double" => num(&vals[0]).map(|f| int_or_double(f, false)).ok_or_else(|| "no such overload: double".into()),
         _ => Err(format!("undeclared reference to '{name}'")),
     }
+}
+
+/// A CEL duration, held as a JSON object under a key no Kubernetes object can have.
+const DURATION: &str = "\u{0}duration_ns";
+
+fn as_duration(v: &Value) -> Option<i64> {
+    v.get(DURATION)?.as_i64()
+}
+
+/// Go's `time.ParseDuration`, which `duration()` uses: an optional sign, then numbers with
+/// optional fractions, each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`); `0` alone is
+/// allowed; more than an int64 of nanoseconds is invalid.
+fn parse_go_duration(text: &str) -> Option<i64> {
+    let (negative, mut rest) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let whole_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let whole: u128 = if whole_len == 0 { 0 } else { rest[..whole_len].parse().ok()? };
+        rest = &rest[whole_len..];
+        let (mut fraction, mut scale, mut fraction_len) = (0u128, 1u128, 0);
+        if let Some(after_point) = rest.strip_prefix('.') {
+            fraction_len = after_point.find(|c: char| !c.is_ascii_digit()).unwrap_or(after_point.len());
+            // Digits past nanosecond precision change nothing, as in Go.
+            for digit in after_point[..fraction_len].bytes().take(18) {
+                fraction = fraction * 10 + u128::from(digit - b'0');
+                scale *= 10;
+            }
+            rest = &after_point[fraction_len..];
+        }
+        if whole_len == 0 && fraction_len == 0 {
+            return None;
+        }
+        let unit_len = rest.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(rest.len());
+        let nanos_per_unit: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(whole.checked_mul(nanos_per_unit)? + fraction * nanos_per_unit / scale)?;
+        if total > 1 << 63 {
+            return None;
+        }
+    }
+    let total = i128::try_from(total).ok()?;
+    i64::try_from(if negative { -total } else { total }).ok()
 }
 
 #[cfg(test)]
@@ -627,5 +697,26 @@ mod tests {
         assert!(run("self.missing == 1", json!({})).is_err());
         assert_eq!(run("self.s.startsWith('ab') && !self.s.endsWith('x')", json!({"s": "abc"})), Ok(json!(true)));
         assert_eq!(run("self.m.filter(k, k != 'a').size()", json!({"m": {"a": 1, "b": 2}})), Ok(json!(1)));
+    }
+
+    #[test]
+    fn durations_parse_as_go_does_and_compare() {
+        let at_most = "duration(self) <= duration('87600h')";
+        assert_eq!(run(at_most, json!("720h")), Ok(json!(true)));
+        assert_eq!(run(at_most, json!("87600h")), Ok(json!(true)));
+        assert_eq!(run(at_most, json!("87600h1ns")), Ok(json!(false)));
+        assert_eq!(run(at_most, json!("1.5h30m")), Ok(json!(true)));
+        assert_eq!(run("duration(self) == duration('90m')", json!("1h30m")), Ok(json!(true)));
+        assert_eq!(run("duration(self) > duration('1s')", json!("1001ms")), Ok(json!(true)));
+        assert_eq!(run("duration(self) < duration('0')", json!("-1us")), Ok(json!(true)));
+        // Go refuses a missing unit, a lone point, unknown units and more than ~292 years.
+        for bad in ["10", ".h", "1d", "", "-", "2562048h", "1h 5m"] {
+            let error = run(at_most, json!(bad)).unwrap_err();
+            assert!(error.contains("invalid duration"), "{bad:?}: {error}");
+        }
+        assert_eq!(parse_go_duration("2562047h"), Some(2_562_047 * 3_600_000_000_000));
+        assert_eq!(parse_go_duration(".5s"), Some(500_000_000));
+        assert_eq!(parse_go_duration("1.0000000001s"), Some(1_000_000_000));
+        assert!(run("duration(self) < 5", json!("1s")).is_err());
     }
 }
