@@ -701,11 +701,13 @@ async fn finalizers_delay_deletion_until_removed() {
     let w = with_crd(&s).await;
     let mut obj = widget("f", json!({"color": "red", "size": 1}));
     obj.metadata.finalizers = Some(vec!["test.dev/cleanup".into()]);
-    w.create(&PostParams::default(), &obj).await.unwrap();
+    let created = w.create(&PostParams::default(), &obj).await.unwrap();
     let r = w.delete("f", &DeleteParams::default()).await.unwrap();
     let deleting = r.left().expect("the object, still there");
     assert!(deleting.metadata.deletion_timestamp.is_some());
     assert_eq!(deleting.metadata.deletion_grace_period_seconds, Some(0));
+    // as kube-apiserver does, so that controllers filtering on generation see the deletion
+    assert_eq!(deleting.metadata.generation, created.metadata.generation.map(|g| g + 1));
     let still = w.get("f").await.unwrap();
     assert!(still.metadata.deletion_timestamp.is_some());
     // adding a finalizer while deleting is refused

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use defender_operator::api::conditions::{CREDENTIALS_VALID, INDICATORS_SYNCED, PERMISSIONS_GRANTED, READY, find};
 use defender_operator::api::{DefenderPartner, FINALIZER, PartnerState};
+use defender_operator::sandbox::defender::Endpoint;
 use defender_operator::sandbox::defender::sandbox_values as sv;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -231,4 +232,36 @@ async fn events_are_published_on_transitions_only() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(reasons().await, before);
     assert_eq!(partners.get("defender").await.unwrap().status.unwrap().state, Some(PartnerState::Attached));
+}
+
+/// The operator's own status writes do not wake it: a refused partner costs one token request per
+/// change, not one more per pass (a timeout would otherwise be retried at once, past its
+/// backoff). Annotating the partner asks again now — after fixing something on Entra's side.
+#[tokio::test]
+async fn a_refused_partner_is_asked_about_once_per_change() {
+    let world = world().await;
+    world
+        .secret(
+            "default",
+            "creds",
+            &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "wrong")],
+        )
+        .await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.detached_with("default", "defender", "InvalidSecret").await;
+    let token_requests = || {
+        world.defender.calls().iter().filter(|c| matches!(c.endpoint, Endpoint::TokenV2 | Endpoint::TokenV1)).count()
+    };
+    assert_eq!(token_requests(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(token_requests(), 1, "Entra was asked again while nothing had changed");
+
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    let ask_again = json!({"metadata": {"annotations": {"detect.dev/revalidate": "1"}}});
+    partners.patch("defender", &PatchParams::default(), &Patch::Merge(ask_again)).await.unwrap();
+    eventually("a re-validation after the annotation", WAIT, || token_requests() == 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(token_requests(), 2, "one annotation, one re-validation");
+    let partner = partners.get("defender").await.unwrap();
+    assert_eq!(partner.status.unwrap().reason.as_deref(), Some("InvalidSecret"));
 }

@@ -171,8 +171,16 @@ pub async fn run(
     let (finding_tx, finding_rx) = mpsc::unbounded_channel();
     let (partner_tx, partner_rx) = mpsc::unbounded_channel();
 
-    let partner_controller =
-        Controller::new(scoped::<DefenderPartner>(&client, &config.namespace), watcher::Config::default());
+    // The reconciler's own status writes do not wake it: a failed validation would otherwise be
+    // retried at once, past its backoff.
+    let (partner_cache, partner_writer) = reflector::store::<DefenderPartner>();
+    let partner_events =
+        watcher::watcher(scoped::<DefenderPartner>(&client, &config.namespace), watcher::Config::default())
+            .default_backoff()
+            .reflect(partner_writer)
+            .touched_objects()
+            .predicate_filter(partner_changed, Default::default());
+    let partner_controller = Controller::for_stream(partner_events, partner_cache);
     let partners = partner_controller.store();
     let secret_index = Arc::new(SecretIndex::default());
     let secrets_to_partners = secret_index.clone();
@@ -283,6 +291,16 @@ pub async fn run(
         _ = async { while controllers.join_next().await.is_some() {} } => info!("controllers stopped"),
         _ = drain_deadline => warn!("controllers did not drain within {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
+}
+
+/// What is worth a partner reconcile: its spec (generation), its deletion, its finalizers and its
+/// annotations (annotating a partner asks for a re-validation now) — not its status.
+fn partner_changed(partner: &DefenderPartner) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = &partner.metadata;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (meta.generation, meta.deletion_timestamp.is_some(), &meta.finalizers, &meta.annotations).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Waits until a reflector store has its first complete list.

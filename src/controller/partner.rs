@@ -170,7 +170,9 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
                 status.granted_permissions = granted.clone();
             }
             write_status(&partner, status, ctx).await?;
-            if transient { Err(error.into()) } else { Ok(Action::await_change()) }
+            // What Entra or Defender refused may be fixed there (consent granted, app enabled),
+            // where no Kubernetes event says so: ask again at the re-validation interval.
+            if transient { Err(error.into()) } else { Ok(Action::requeue(jittered(interval))) }
         }
     }
 }

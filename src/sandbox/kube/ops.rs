@@ -512,6 +512,16 @@ fn register_crd(st: &mut Store, crd: &Value) {
     }
 }
 
+/// Marks an object with finalizers for deletion as kube-apiserver does: a deletion timestamp, no
+/// grace period, and a positive generation bumped, so controllers that filter on generation see it.
+fn mark_for_deletion(o: &mut Value) {
+    o["metadata"]["deletionTimestamp"] = json!(now());
+    o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    if let Some(generation) = o["metadata"]["generation"].as_i64().filter(|g| *g > 0) {
+        o["metadata"]["generation"] = json!(generation + 1);
+    }
+}
+
 /// The garbage collector's background deletion: objects whose owners are all gone are deleted
 /// (or marked for deletion when they have finalizers), transitively.
 fn collect_garbage(st: &mut Store, removed: &Value) {
@@ -528,8 +538,7 @@ fn collect_garbage(st: &mut Store, removed: &Value) {
             if obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
                 if !obj["metadata"]["deletionTimestamp"].is_string() {
                     let mut o = obj;
-                    o["metadata"]["deletionTimestamp"] = json!(now());
-                    o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    mark_for_deletion(&mut o);
                     let rv = st.next_rv();
                     o["metadata"]["resourceVersion"] = json!(rv.to_string());
                     st.put(&res, o);
@@ -942,8 +951,7 @@ pub fn delete(st: &mut Store, ctx: &Ctx, name: &str, options: &Value) -> ApiResu
                 if obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
                     if !obj["metadata"]["deletionTimestamp"].is_string() {
                         let mut o = obj;
-                        o["metadata"]["deletionTimestamp"] = json!(now());
-                        o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                        mark_for_deletion(&mut o);
                         let rv = st.next_rv();
                         o["metadata"]["resourceVersion"] = json!(rv.to_string());
                         st.put(&rk, o);
@@ -962,8 +970,7 @@ pub fn delete(st: &mut Store, ctx: &Ctx, name: &str, options: &Value) -> ApiResu
     let orphan_or_fg = options["propagationPolicy"].as_str() == Some("Foreground");
     if has_finalizers || orphan_or_fg {
         let mut o = current.clone();
-        o["metadata"]["deletionTimestamp"] = json!(now());
-        o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        mark_for_deletion(&mut o);
         if orphan_or_fg {
             let mut f = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
             if !f.contains(&json!("foregroundDeletion")) {
