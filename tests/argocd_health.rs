@@ -5,6 +5,8 @@
 
 mod common;
 
+use defender_operator::api::ProbeFinding;
+use defender_operator::api::conditions::{READY, find};
 use mlua::{Lua, Table};
 use serde_json::{Value, json};
 
@@ -12,7 +14,7 @@ const PARTNER_LUA: &str = include_str!("../deploy/argocd/health-defenderpartner.
 const FINDING_LUA: &str = include_str!("../deploy/argocd/health-probefinding.lua");
 const ARGOCD_CM: &str = include_str!("../deploy/argocd/argocd-cm.yaml");
 
-const TERMINAL: [&str; 23] = [
+const TERMINAL: [&str; 22] = [
     "InvalidSpec",
     "SecretNotFound",
     "SecretKeyMissing",
@@ -34,7 +36,6 @@ const TERMINAL: [&str; 23] = [
     "ApiHostNotAllowed",
     "InvalidFinding",
     "PartnerNotFound",
-    "Expired",
     "DeliveryFailed",
 ];
 
@@ -190,9 +191,20 @@ fn a_suspended_partner_is_suspended() {
 
 #[test]
 fn findings_follow_the_same_rules() {
-    for reason in ["Delivered", "NothingToDeliver"] {
-        assert_eq!(health(FINDING_LUA, &finding_with(1, ready("True", reason, "", 1))).0, "Healthy");
+    // Expired: the indicators expired and are not pushed again, an expected end, not a failure.
+    for reason in ["Delivered", "NothingToDeliver", "Expired"] {
+        assert_eq!(health(FINDING_LUA, &finding_with(1, ready("True", reason, "", 1))).0, "Healthy", "{reason}");
     }
+    let expired = ready(
+        "True",
+        "Expired",
+        "this finding's indicators expired and are not pushed again; partner defender: expired at \
+         2026-12-26T10:00:00Z (observed 2026-11-26T10:00:00Z + expireAfter 720h)",
+        3,
+    );
+    let (status, message) = health(FINDING_LUA, &finding_with(3, expired));
+    assert_eq!(status, "Healthy");
+    assert!(message.starts_with("Ready (Expired): this finding's indicators expired"), "{message}");
     let mut lagging = finding_with(2, ready("True", "Delivered", "", 1));
     lagging["status"]["observedGeneration"] = json!(1);
     assert_eq!(health(FINDING_LUA, &lagging).0, "Progressing");
@@ -212,7 +224,7 @@ fn the_argocd_cm_snippet_holds_the_scripts() {
 }
 
 /// Objects as the operator writes them: an attached partner is Healthy, a partner with a wrong
-/// secret Degraded, a delivered finding Healthy.
+/// secret Degraded, a delivered finding Healthy, and so is one whose indicators expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_written_by_the_operator_get_the_expected_health() {
     use defender_operator::sandbox::defender::sandbox_values as sv;
@@ -241,6 +253,23 @@ async fn objects_written_by_the_operator_get_the_expected_health() {
     world.finding("team", "office-macro", &[hash], json!({"state": "UNPROTECTED"})).await;
     let delivered = serde_json::to_value(world.ready_finding("team", "office-macro").await).unwrap();
     assert_eq!(health(FINDING_LUA, &delivered).0, "Healthy", "{delivered}");
+
+    // Observed long ago: past the default 720h expireAfter, never pushed, and not a failure.
+    let old = json!({"state": "UNPROTECTED", "observedTime": "2020-01-01T00:00:00Z"});
+    world.finding("team", "old-run", &[common::sha256(78)], old).await;
+    let expired = world
+        .wait_for("team", "old-run", common::WAIT, |f: &ProbeFinding| {
+            f.status.as_ref().is_some_and(|s| {
+                s.observed_generation == f.metadata.generation
+                    && find(&s.conditions, READY).is_some_and(|c| c.reason == "Expired")
+            })
+        })
+        .await
+        .unwrap();
+    let expired = serde_json::to_value(expired).unwrap();
+    let (status, message) = health(FINDING_LUA, &expired);
+    assert_eq!(status, "Healthy", "{expired}");
+    assert!(message.starts_with("Ready (Expired): "), "{message}");
 }
 
 /// The Argo CD scripts and the Flux CEL checks name the same terminal reasons.

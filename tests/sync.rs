@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use defender_operator::api::conditions::{INDICATORS_SYNCED, find};
+use defender_operator::api::conditions::{INDICATORS_SYNCED, READY, find};
 use defender_operator::api::{DefenderPartner, DeliveryState, ProbeFinding};
 use defender_operator::controller::sync::EngineConfig;
 use defender_operator::sandbox::SandboxOptions;
@@ -30,7 +30,7 @@ async fn an_indicator_deleted_in_the_portal_is_pushed_again_but_an_expired_one_i
     world.partner("default", "defender", "creds", json!({"indicator": {"expireAfter": "1h"}})).await;
     world.attached("default", "defender").await;
     world.finding("default", "live", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
-    // Observed 2 h ago with a 1 h expiry: nothing to push.
+    // Observed in 2020 with a 1 h expiry: nothing to push.
     world
         .finding(
             "default",
@@ -46,7 +46,21 @@ async fn an_indicator_deleted_in_the_portal_is_pushed_again_but_an_expired_one_i
         })
         .await
         .unwrap();
-    assert_eq!(old.status.unwrap().deliveries[0].state, DeliveryState::Expired);
+    let status = old.status.unwrap();
+    assert_eq!(status.deliveries[0].state, DeliveryState::Expired);
+    assert_eq!(
+        status.deliveries[0].message.as_deref(),
+        Some("expired at 2020-01-01T01:00:00Z (observed 2020-01-01T00:00:00Z + expireAfter 1h); not pushed again")
+    );
+    // An expected end, not a failure: Ready, done for DELIVERED.
+    let ready = find(&status.conditions, READY).expect("a Ready condition");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Expired"));
+    assert_eq!(
+        ready.message,
+        "this finding's indicators expired and are not pushed again; partner defender: expired at \
+         2020-01-01T01:00:00Z (observed 2020-01-01T00:00:00Z + expireAfter 1h)"
+    );
+    assert_eq!(status.delivered.as_deref(), Some("1/1"));
 
     // Someone deletes the live one in the Defender portal.
     let id = world.indicators()[0]["id"].as_str().unwrap().to_string();

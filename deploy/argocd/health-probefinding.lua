@@ -1,10 +1,11 @@
 -- Argo CD health check for detect.dev/v1alpha1 ProbeFinding (defender-operator).
--- Healthy: Ready=True for the current generation (delivered to every attached partner, or
---   nothing to deliver).
+-- Healthy: Ready=True for the current generation (Delivered to every attached partner,
+--   NothingToDeliver, or Expired: the indicators expired and are not pushed again, an expected
+--   end of a finding's life rather than a failure).
 -- Progressing: the operator has not yet observed the current generation, or Ready=False with a
 --   transient reason (Pending, NoPartner, Throttled, ...) that resolves by itself.
--- Degraded: Ready=False with a terminal reason (InvalidFinding, PartnerNotFound, Expired,
---   DeliveryFailed, or a partner credential problem): it stays so until someone fixes it.
+-- Degraded: Ready=False with a terminal reason (InvalidFinding, PartnerNotFound, DeliveryFailed,
+--   or a partner credential problem): it stays so until someone fixes it.
 local hs = { status = "Progressing", message = "Waiting for the operator to report status" }
 
 -- Reasons that need a person to fix the partner, its Secret or the Entra app (README, "Status
@@ -15,7 +16,7 @@ local terminal = {
   TenantNotFound = true, TenantInvalid = true, WrongCloud = true, DefenderNotProvisioned = true,
   ConfigError = true, Blocked = true, TokenMismatch = true, MissingPermission = true,
   DisabledFeature = true, ApiHostNotAllowed = true, InvalidFinding = true, PartnerNotFound = true,
-  Expired = true, DeliveryFailed = true,
+  DeliveryFailed = true,
 }
 
 local function with_message(prefix, reason, message)

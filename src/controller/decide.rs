@@ -137,7 +137,7 @@ pub fn new_indicator(
         )),
         application: APPLICATION.to_string(),
         external_id: settings.marker.clone(),
-        expiration_time: expires.map(|at| at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        expiration_time: expires.map(rfc3339),
         severity: format!("{:?}", indicator.severity),
         recommended_actions: indicator.recommended_actions.clone(),
         rbac_group_names: indicator.rbac_group_names.clone(),
@@ -220,13 +220,15 @@ pub enum ValueStatus {
     Pending,
 }
 
-/// A finding's delivery to one partner. `engine` is `None` when the partner is not attached,
-/// with the partner's reason.
+/// A finding's delivery to one partner. `engine` is `Err` when the partner is not attached,
+/// with the partner's reason. `expired` is `Some` when the finding's indicators have expired for
+/// this partner, with the delivery's message (see [`partner_delivery`]): what is not held by then
+/// is `Expired` — done, never pushed again — rather than `Pending` or `Failed`.
 pub fn delivery(
     partner: &str,
     finding: &ProbeFinding,
     keys: &[IndicatorKey],
-    expired: bool,
+    expired: Option<&str>,
     engine: Result<&dyn Fn(&IndicatorKey) -> ValueStatus, &str>,
     previous: Option<&Delivery>,
 ) -> Delivery {
@@ -268,7 +270,8 @@ pub fn delivery(
     } else if !unprotected || held_by_us + foreign == keys.len() {
         // Once pushed, an indicator stays while its finding exists, whatever later results say.
         if held_by_us > 0 { DeliveryState::Submitted } else { DeliveryState::External }
-    } else if expired {
+    } else if let Some(why) = expired {
+        delivery.message = Some(why.to_string());
         DeliveryState::Expired
     } else if !failures.is_empty() {
         delivery.message = Some(failures[0].clone());
@@ -286,9 +289,12 @@ pub fn delivery(
     keep_submitted_time(delivery, previous)
 }
 
-/// A finding's delivery to `partner`: [`delivery`] with the partner's expiry applied at `now`. When
-/// the partner's `expireAfter` gives no usable expiry, nothing is pushed and the delivery fails
-/// with the reason, naming the field (unless it is already held, or there is nothing to push).
+/// A finding's delivery to `partner`: [`delivery`] with the partner's expiry applied at `now`. An
+/// expired delivery says when and why, e.g. `expired at 2026-01-31T10:00:00Z (observed
+/// 2026-01-01T10:00:00Z + expireAfter 720h); not pushed again` — a message that does not change
+/// from one pass to the next. When the partner's `expireAfter` gives no usable expiry, nothing is
+/// pushed and the delivery fails with the reason, naming the field (unless it is already held, or
+/// there is nothing to push).
 pub fn partner_delivery(
     partner: &DefenderPartner,
     finding: &ProbeFinding,
@@ -299,9 +305,19 @@ pub fn partner_delivery(
 ) -> Delivery {
     let name = partner.metadata.name.as_deref().unwrap_or_default();
     match expiry(finding, &partner.spec.indicator) {
-        Ok(expires) => delivery(name, finding, keys, expires.is_some_and(|at| at <= now), engine, previous),
+        Ok(expires) => {
+            let expired = expires.filter(|at| *at <= now).map(|at| {
+                let observed = finding.observed_time().map_or_else(|| "unknown".to_string(), rfc3339);
+                format!(
+                    "expired at {} (observed {observed} + expireAfter {}){NOT_PUSHED_AGAIN}",
+                    rfc3339(at),
+                    partner.spec.indicator.expire_after
+                )
+            });
+            delivery(name, finding, keys, expired.as_deref(), engine, previous)
+        }
         Err(problem) => {
-            let mut delivery = delivery(name, finding, keys, false, engine, previous);
+            let mut delivery = delivery(name, finding, keys, None, engine, previous);
             if delivery.state == DeliveryState::Pending {
                 delivery.state = DeliveryState::Failed;
                 delivery.message = Some(problem);
@@ -309,6 +325,14 @@ pub fn partner_delivery(
             delivery
         }
     }
+}
+
+/// How an expired delivery's message ends.
+const NOT_PUSHED_AGAIN: &str = "; not pushed again";
+
+/// A timestamp as Defender and Kubernetes write it, to the second.
+fn rfc3339(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Is the partner attached: validated, not suspended, not being deleted? Only attached partners
@@ -320,11 +344,15 @@ pub fn attached(partner: &DefenderPartner) -> bool {
 }
 
 /// A finding's `Ready` condition from its deliveries, one per partner that selects it
-/// (DESIGN.md): True when every attached partner holds its indicators (`Submitted` or
-/// `External`), or when there is nothing to deliver; False with the first attached partner's
-/// reason while anything is pending or failed. Partners that are not attached (detached,
-/// suspended) keep their delivery `Pending` with its message but do not hold `Ready` back — unless
-/// no attached partner selects an UNPROTECTED finding at all, when nothing holds it.
+/// (DESIGN.md): True when every attached partner is done with it — holds its indicators
+/// (`Submitted` or `External`), has nothing to push (`Skipped`), or saw them expire (`Expired`:
+/// an expected end, not a failure) — or when there is nothing to deliver; False with the first
+/// attached partner's reason while anything is pending or failed. The True reason is
+/// `NothingToDeliver` when every delivery is `Skipped`, `Expired` when every delivery that is not
+/// `Skipped` is `Expired` (the indicators are not pushed again), and `Delivered` otherwise (some
+/// partner holds them). Partners that are not attached (detached, suspended) keep their delivery
+/// `Pending` with its message but do not hold `Ready` back — unless no attached partner selects
+/// an UNPROTECTED finding at all, when nothing holds it and their deliveries decide instead.
 pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: impl Fn(&str) -> bool) -> Verdict {
     let nothing_to_deliver = || Verdict::new(READY, true, "NothingToDeliver", nothing_to_push(finding));
     if deliveries.is_empty() {
@@ -338,29 +366,48 @@ pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: 
         return nothing_to_deliver();
     }
     let (on, off): (Vec<&Delivery>, Vec<&Delivery>) = deliveries.iter().partition(|d| attached(&d.partner));
-    let waiting = match on.iter().find(|d| !delivered(d)) {
-        Some(waiting) => Some(*waiting),
-        None if on.is_empty() => off.iter().find(|d| !delivered(d)).copied(),
-        None => None,
+    // The deliveries that decide: the attached partners', or, when none is attached, the others'.
+    let deciding = if on.is_empty() { &off } else { &on };
+    if let Some(first) = deciding.iter().find(|d| !delivered(d)) {
+        let reason = match first.state {
+            DeliveryState::Failed => "DeliveryFailed",
+            _ => "Pending",
+        };
+        let message = match &first.message {
+            Some(message) => format!("partner {}: {message}", first.partner),
+            None => format!("partner {}: {:?}", first.partner, first.state),
+        };
+        return Verdict::new(READY, false, reason, message);
+    }
+    let not_waited_for = if off.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = off.iter().map(|d| d.partner.as_str()).collect();
+        format!("; not attached, so not waited for: {}", names.join(", "))
     };
-    let Some(first) = waiting else {
-        let mut message = "every attached partner holds this finding's indicators (or has nothing to hold)".to_string();
-        if !off.is_empty() {
-            let names: Vec<&str> = off.iter().map(|d| d.partner.as_str()).collect();
-            message += &format!("; not attached, so not waited for: {}", names.join(", "));
-        }
-        return Verdict::new(READY, true, "Delivered", message);
-    };
-    let reason = match first.state {
-        DeliveryState::Failed => "DeliveryFailed",
-        DeliveryState::Expired => "Expired",
-        _ => "Pending",
-    };
-    let message = match &first.message {
-        Some(message) => format!("partner {}: {message}", first.partner),
-        None => format!("partner {}: {:?}", first.partner, first.state),
-    };
-    Verdict::new(READY, false, reason, message)
+    let expired: Vec<&Delivery> = deciding.iter().filter(|d| d.state == DeliveryState::Expired).copied().collect();
+    if !expired.is_empty()
+        && deciding.iter().all(|d| matches!(d.state, DeliveryState::Expired | DeliveryState::Skipped))
+    {
+        let details: Vec<String> = expired
+            .iter()
+            .map(|d| {
+                let when = d.message.as_deref().map(|m| m.strip_suffix(NOT_PUSHED_AGAIN).unwrap_or(m));
+                format!("partner {}: {}", d.partner, when.unwrap_or("expired"))
+            })
+            .collect();
+        let message = format!(
+            "this finding's indicators expired and are not pushed again; {}{not_waited_for}",
+            details.join("; ")
+        );
+        return Verdict::new(READY, true, "Expired", message);
+    }
+    let mut message = "every attached partner holds this finding's indicators (or has nothing to hold)".to_string();
+    if !expired.is_empty() {
+        let names: Vec<&str> = expired.iter().map(|d| d.partner.as_str()).collect();
+        message += &format!(" except where they expired and are not pushed again: {}", names.join(", "));
+    }
+    Verdict::new(READY, true, "Delivered", message + &not_waited_for)
 }
 
 /// `Ready` of a finding whose `spec.partnerRef` names a partner that does not receive it: `named`
@@ -411,9 +458,14 @@ fn keep_submitted_time(mut delivery: Delivery, previous: Option<&Delivery>) -> D
     delivery
 }
 
-/// Is a delivery done (nothing left to do for this partner)?
+/// Is a delivery done (nothing left to do for this partner)? `Submitted` and `External` hold the
+/// indicators, `Skipped` had nothing to push, `Expired` will not push them again. This is also
+/// what the `DELIVERED` column counts.
 pub fn delivered(delivery: &Delivery) -> bool {
-    matches!(delivery.state, DeliveryState::Submitted | DeliveryState::External | DeliveryState::Skipped)
+    matches!(
+        delivery.state,
+        DeliveryState::Submitted | DeliveryState::External | DeliveryState::Skipped | DeliveryState::Expired
+    )
 }
 
 /// The outcome of one partner reconcile, before it becomes status.

@@ -196,48 +196,57 @@ fn delivery_states() {
         |holder: Holder| move |_: &IndicatorKey| ValueStatus::Held(Remote { id: "7".into(), holder: holder.clone() });
 
     let ours = held(Holder::Us);
-    let d = delivery("p", &unprotected, &keys, false, Ok(&ours), None);
+    let d = delivery("p", &unprotected, &keys, None, Ok(&ours), None);
     assert_eq!(d.state, DeliveryState::Submitted);
     assert!(d.indicators.iter().all(|i| i.id.as_deref() == Some("7")));
 
     let theirs = held(Holder::Foreign);
-    assert_eq!(delivery("p", &unprotected, &keys, false, Ok(&theirs), None).state, DeliveryState::External);
+    assert_eq!(delivery("p", &unprotected, &keys, None, Ok(&theirs), None).state, DeliveryState::External);
 
     let pending = |_: &IndicatorKey| ValueStatus::Pending;
-    assert_eq!(delivery("p", &unprotected, &keys, false, Ok(&pending), None).state, DeliveryState::Pending);
-    assert_eq!(delivery("p", &unprotected, &keys, true, Ok(&pending), None).state, DeliveryState::Expired);
-
+    assert_eq!(delivery("p", &unprotected, &keys, None, Ok(&pending), None).state, DeliveryState::Pending);
+    let expired = delivery("p", &unprotected, &keys, Some("expired at …; not pushed again"), Ok(&pending), None);
+    assert_eq!(
+        (expired.state, expired.message.as_deref()),
+        (DeliveryState::Expired, Some("expired at …; not pushed again"))
+    );
+    // Failures no longer matter once expired: it is never pushed again.
     let failed = |_: &IndicatorKey| ValueStatus::Failed("InvalidHashValue".into());
-    let d = delivery("p", &unprotected, &keys, false, Ok(&failed), None);
+    assert_eq!(delivery("p", &unprotected, &keys, Some("expired"), Ok(&failed), None).state, DeliveryState::Expired);
+    // Held before it expired: still held.
+    let d = delivery("p", &unprotected, &keys, Some("expired"), Ok(&ours), None);
+    assert_eq!((d.state, d.message), (DeliveryState::Submitted, None));
+
+    let d = delivery("p", &unprotected, &keys, None, Ok(&failed), None);
     assert_eq!((d.state, d.message.as_deref()), (DeliveryState::Failed, Some("InvalidHashValue")));
 
     let mut protected = finding("f", TestState::Protected, &[&hash('a')]);
-    let skipped = delivery("p", &protected, &keys, false, Ok(&pending), None);
+    let skipped = delivery("p", &protected, &keys, None, Ok(&pending), None);
     assert_eq!(
         (skipped.state, skipped.message.as_deref()),
         (DeliveryState::Skipped, Some("nothing to push: the test was PROTECTED"))
     );
     protected.spec.state = None;
     protected.spec.code = Some(4242);
-    let unknown = delivery("p", &protected, &keys, false, Err("InvalidSecret"), None);
+    let unknown = delivery("p", &protected, &keys, None, Err("InvalidSecret"), None);
     assert_eq!(unknown.state, DeliveryState::Skipped);
     assert_eq!(
         unknown.message.as_deref(),
         Some("nothing to push: exit code 4242 is not in Prelude's exit-code table, so the result is NONE")
     );
     protected.spec.code = Some(104);
-    let not_relevant = delivery("p", &protected, &keys, false, Ok(&pending), None);
+    let not_relevant = delivery("p", &protected, &keys, None, Ok(&pending), None);
     assert_eq!(not_relevant.message.as_deref(), Some("nothing to push: exit code 104 means NOT_RELEVANT"));
 
-    let detached = delivery("p", &unprotected, &keys, false, Err("InvalidSecret"), None);
+    let detached = delivery("p", &unprotected, &keys, None, Err("InvalidSecret"), None);
     assert_eq!(detached.state, DeliveryState::Pending);
     assert!(detached.message.unwrap().contains("InvalidSecret"));
 
     let protected = finding("g", TestState::Protected, &[&hash('a')]);
     let keys = protected.indicator_keys().unwrap();
-    assert_eq!(delivery("p", &protected, &keys, false, Ok(&pending), None).state, DeliveryState::Skipped);
+    assert_eq!(delivery("p", &protected, &keys, None, Ok(&pending), None).state, DeliveryState::Skipped);
     // Pushed earlier, now PROTECTED: the indicator is working and stays.
-    assert_eq!(delivery("p", &protected, &keys, false, Ok(&ours), None).state, DeliveryState::Submitted);
+    assert_eq!(delivery("p", &protected, &keys, None, Ok(&ours), None).state, DeliveryState::Submitted);
 }
 
 #[test]
@@ -285,11 +294,33 @@ fn an_unusable_expire_after_pushes_nothing_and_fails_the_delivery_naming_the_fie
     assert!(expiry(&late, &settings.indicator).unwrap_err().contains("spec.observedTime"));
     assert!(desired(&partner, &settings, [&late], now()).push.is_empty());
 
-    // Expired through partner_delivery, as through delivery.
+    // Expired through partner_delivery, as through delivery, saying when and why.
     let mut old = finding("old", TestState::Unprotected, &[&hash('a')]);
     old.spec.observed_time = Some(Time(Timestamp::from_second(NOW - 721 * 3600).unwrap()));
     let partner = self::partner("p");
-    assert_eq!(partner_delivery(&partner, &old, &keys, now(), Ok(&pending), None).state, DeliveryState::Expired);
+    let expired = partner_delivery(&partner, &old, &keys, now(), Ok(&pending), None);
+    let at = |second: i64| Timestamp::from_second(second).unwrap().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let says = format!(
+        "expired at {} (observed {} + expireAfter 720h); not pushed again",
+        at(NOW - 3600),
+        at(NOW - 721 * 3600)
+    );
+    assert_eq!((expired.state, expired.message.as_deref()), (DeliveryState::Expired, Some(says.as_str())));
+    // The same at every pass: the status is not rewritten for it.
+    let later = Timestamp::from_second(NOW + 86_400).unwrap();
+    assert_eq!(partner_delivery(&partner, &old, &keys, later, Ok(&pending), Some(&expired)), expired);
+    // Exactly at the expiry: expired. A second before: still pushed.
+    let partner_expiry = Timestamp::from_second(NOW - 3600).unwrap();
+    assert_eq!(
+        partner_delivery(&partner, &old, &keys, partner_expiry, Ok(&pending), None).state,
+        DeliveryState::Expired
+    );
+    let before = Timestamp::from_second(NOW - 3601).unwrap();
+    let pending_delivery = partner_delivery(&partner, &old, &keys, before, Ok(&pending), None);
+    assert_eq!((pending_delivery.state, pending_delivery.message), (DeliveryState::Pending, None));
+    // A partner that is not attached: Pending with its reason, as for any finding.
+    let detached = partner_delivery(&partner, &old, &keys, now(), Err("InvalidSecret"), None);
+    assert_eq!(detached.state, DeliveryState::Pending);
 }
 
 fn with_state(mut partner: DefenderPartner, state: PartnerState) -> DefenderPartner {
@@ -349,8 +380,12 @@ fn ready_waits_only_for_attached_partners() {
     let failed = delivered_as("good", DeliveryState::Failed, Some("InvalidHashValue"));
     let ready = finding_ready(&unprotected, &[detached.clone(), failed], attached_ones(&["good"]));
     assert_eq!((ready.status, ready.reason.as_str()), (false, "DeliveryFailed"));
+    // Expired is an expected end, not a failure: done, and Ready (expired_indicators_are_done_not_failed).
     let expired = delivered_as("good", DeliveryState::Expired, None);
-    assert_eq!(finding_ready(&unprotected, &[expired], attached_ones(&["good"])).reason, "Expired");
+    let ready = finding_ready(&unprotected, &[detached.clone(), expired.clone()], attached_ones(&["good"]));
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "Expired"));
+    let ready = finding_ready(&unprotected, &[submitted.clone(), expired], |_: &str| true);
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
 
     // No attached partner at all: nothing holds the indicators, so not Ready; the detached
     // partner's reason is shown.
@@ -363,6 +398,83 @@ fn ready_waits_only_for_attached_partners() {
     // Every attached partner holds it and none is detached: no note about detached partners.
     let ready = finding_ready(&unprotected, &[submitted], attached_ones(&["good"]));
     assert_eq!(ready.message, "every attached partner holds this finding's indicators (or has nothing to hold)");
+}
+
+#[test]
+fn expired_indicators_are_done_not_failed() {
+    let unprotected = finding("f", TestState::Unprotected, &[&hash('a')]);
+    let attached_ones = |names: &'static [&'static str]| move |name: &str| names.contains(&name);
+    let expired = |partner: &str| {
+        delivered_as(
+            partner,
+            DeliveryState::Expired,
+            Some(
+                "expired at 2027-01-15T08:00:00Z (observed 2026-12-16T08:00:00Z + expireAfter 720h); not pushed again",
+            ),
+        )
+    };
+    assert!(delivered(&expired("good")), "nothing left to do: counted in DELIVERED");
+
+    // Every attached partner saw them expire: Ready, reason Expired, saying so and naming the partner.
+    let ready = finding_ready(&unprotected, &[expired("good")], attached_ones(&["good"]));
+    assert_eq!(
+        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (
+            true,
+            "Expired",
+            "this finding's indicators expired and are not pushed again; partner good: expired at \
+             2027-01-15T08:00:00Z (observed 2026-12-16T08:00:00Z + expireAfter 720h)"
+        )
+    );
+    // Several partners, one with nothing to push and one detached (not waited for).
+    let skipped = delivered_as("quiet", DeliveryState::Skipped, Some("nothing to push"));
+    let detached = delivered_as("bad", DeliveryState::Pending, Some("partner bad is not attached: InvalidSecret"));
+    let no_message = delivered_as("old", DeliveryState::Expired, None);
+    let ready = finding_ready(
+        &unprotected,
+        &[expired("good"), skipped.clone(), detached.clone(), no_message],
+        attached_ones(&["good", "quiet", "old"]),
+    );
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "Expired"));
+    assert_eq!(
+        ready.message,
+        "this finding's indicators expired and are not pushed again; partner good: expired at 2027-01-15T08:00:00Z \
+         (observed 2026-12-16T08:00:00Z + expireAfter 720h); partner old: expired; not attached, so not waited \
+         for: bad"
+    );
+
+    // Held by one partner, expired for another: Delivered, naming where they expired.
+    let submitted = delivered_as("good", DeliveryState::Submitted, None);
+    let ready = finding_ready(&unprotected, &[submitted.clone(), expired("late")], attached_ones(&["good", "late"]));
+    assert_eq!(
+        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (
+            true,
+            "Delivered",
+            "every attached partner holds this finding's indicators (or has nothing to hold) except where they \
+             expired and are not pushed again: late"
+        )
+    );
+    let external = delivered_as("good", DeliveryState::External, None);
+    assert_eq!(finding_ready(&unprotected, &[expired("late"), external], |_: &str| true).reason, "Delivered");
+
+    // Expired for one attached partner, still pushing or failing for another: not Ready.
+    let pushing = delivered_as("slow", DeliveryState::Pending, None);
+    let ready = finding_ready(&unprotected, &[expired("good"), pushing], attached_ones(&["good", "slow"]));
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    let failed = delivered_as("slow", DeliveryState::Failed, Some("InvalidHashValue"));
+    let ready = finding_ready(&unprotected, &[failed, expired("good")], attached_ones(&["good", "slow"]));
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "DeliveryFailed"));
+
+    // Expired for a detached partner while an attached one holds them: the attached one decides.
+    let ready = finding_ready(&unprotected, &[expired("bad"), submitted], attached_ones(&["good"]));
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
+    // No attached partner: the detached partners' deliveries decide, as for any finding.
+    let ready = finding_ready(&unprotected, &[expired("good"), detached], attached_ones(&[]));
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    let ready = finding_ready(&unprotected, &[expired("good"), skipped], attached_ones(&[]));
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "Expired"));
+    assert!(ready.message.ends_with("; not attached, so not waited for: good, quiet"), "{}", ready.message);
 }
 
 #[test]
