@@ -211,6 +211,37 @@ async fn delete_policy_withdraws_with_the_finding_and_with_the_partner() {
     wait_gone(&partners, "defender").await;
 }
 
+/// Deleting is the newer intent: a suspended partner with `deletionPolicy: Delete` withdraws its
+/// indicators too. While Defender fails, the partner says `Deleting` and why.
+#[tokio::test]
+async fn deleting_a_suspended_partner_withdraws_and_says_deleting_meanwhile() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete"})).await;
+    world.attached("default", "defender").await;
+    world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    world.ready_finding("default", "a").await;
+    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete", "suspend": true})).await;
+    world.detached_with("default", "defender", "Suspended").await;
+
+    world.defender.faults().fail_next(1, 503);
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    partners.delete("defender", &DeleteParams::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = partners.get("defender").await.unwrap().status.unwrap_or_default();
+        let message = status.message.unwrap_or_default();
+        if status.reason.as_deref() == Some("Deleting") && message.contains("retrying") {
+            assert!(message.starts_with("withdrawing this partner's indicators from Defender"), "{message}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never said Deleting with the error: {message}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eventually("the indicator withdrawn", WAIT, || world.indicators().is_empty()).await;
+    wait_gone(&partners, "defender").await;
+}
+
 #[tokio::test]
 async fn retain_policy_leaves_indicators_in_defender() {
     let world = world().await;

@@ -182,8 +182,15 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
 async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, Error> {
     ctx.secret_index.forget(&partner);
     stop_engine(&partner, ctx);
-    if partner.spec.deletion_policy == DeletionPolicy::Retain || partner.spec.suspend {
+    // Deleting is the newer intent than suspending: a suspended partner's indicators are withdrawn
+    // too when its policy says so.
+    if partner.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
+    }
+    let deleting = |message: String| detached(&partner, "Deleting", &message, false, None);
+    let withdrawing = "withdrawing this partner's indicators from Defender (deletionPolicy: Delete)";
+    if partner.status.as_ref().and_then(|s| s.reason.as_deref()) != Some("Deleting") {
+        write_status(&partner, deleting(withdrawing.into()), ctx).await?;
     }
     let marker = partner.owner_marker();
     let client = match read_credentials(&partner, ctx).await? {
@@ -212,7 +219,11 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
             .await;
             Ok(Action::await_change())
         }
-        Err(error) if error.is_transient() && !deleting_for_long(&partner) => Err(error.into()),
+        Err(error) if error.is_transient() && !deleting_for_long(&partner) => {
+            let retrying = format!("{withdrawing}: {error}; retrying (given up after 10 minutes)");
+            write_status(&partner, deleting(retrying), ctx).await?;
+            Err(error.into())
+        }
         Err(error) => {
             let note = format!("indicators were left in Defender: {error}");
             publish(ctx, &partner, EventType::Warning, "IndicatorsNotWithdrawn", note).await;
@@ -496,7 +507,7 @@ async fn write_status(partner: &DefenderPartner, status: DefenderPartnerStatus, 
     if (previous.state, &previous.reason) != (status.state, &status.reason) {
         let (type_, reason) = match (status.state, status.reason.as_deref()) {
             (Some(PartnerState::Attached), _) => (EventType::Normal, "Attached"),
-            (_, Some("Suspended")) => (EventType::Normal, "Suspended"),
+            (_, Some(reason @ ("Suspended" | "Deleting"))) => (EventType::Normal, reason),
             (_, Some(reason)) => (EventType::Warning, reason),
             _ => (EventType::Warning, "Detached"),
         };
