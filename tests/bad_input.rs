@@ -243,15 +243,49 @@ async fn a_type_that_does_not_match_its_value_is_refused() {
         refused(&world, &object, "spec.indicators[0]", says).await;
     }
 
-    // Network types have no schema rule: the reconciler refuses them, naming the field.
+    // Network types: the schema's per-type rules as well.
+    let (ip, domain, url) = (
+        "an IpAddress value is one IPv4 or IPv6 address",
+        "a DomainName value is two or more dot-separated labels",
+        "a Url value is an http:// or https:// URL with a host",
+    );
     let network = [
-        ("as-ip", "IpAddress", sha256_value.clone(), "is not an IP address"),
-        ("ip-out-of-range", "IpAddress", "999.1.1.1".to_string(), "is not an IP address"),
-        ("ip-cidr", "IpAddress", "10.0.0.0/8".to_string(), "is not an IP address"),
-        ("as-domain", "DomainName", sha256_value.clone(), "is not a domain name"),
+        ("IpAddress", sha256_value.as_str(), ip),
+        ("IpAddress", "256.1.1.1", ip),
+        ("IpAddress", "10.0.0.0/8", ip),
+        ("IpAddress", "2001:db8::1::7", ip),
+        ("DomainName", &sha256_value, domain),
         // 40 hex characters are one valid DNS label, but no domain Defender takes.
-        ("as-bare-domain", "DomainName", sha1_value.clone(), "is not a domain name"),
-        ("as-url", "Url", sha1_value.clone(), "is not a URL"),
+        ("DomainName", &sha1_value, domain),
+        ("DomainName", "evil.example.com.", domain),
+        ("DomainName", "bücher.example", domain),
+        ("Url", &sha1_value, url),
+        ("Url", "evil.example.com/path", url),
+        ("Url", "ftp://evil.example.com/", url),
+        ("Url", "https://evil.example.com/a b", url),
+    ];
+    for (i, (type_, value, says)) in network.iter().enumerate() {
+        let object = finding_json(&format!("network-mismatch-{i}"), |spec| {
+            spec["indicators"] = json!([{"type": type_, "value": value}]);
+        });
+        refused(&world, &object, "spec.indicators[0]", says).await;
+    }
+    // A good value of each network type passes the schema and is delivered.
+    let good = json!([
+        {"type": "IpAddress", "value": "2001:db8::7"},
+        {"type": "DomainName", "value": "evil.example.com"},
+        {"type": "Url", "value": "https://evil.example.com/payload"},
+    ]);
+    apply(&world, &finding_json("network-good", |spec| spec["indicators"] = good)).await.unwrap();
+    finding_ready_reason(&world, "network-good", "Delivered").await;
+
+    // What a regex cannot tell (a domain over 253 characters; a URL's host or port): the schema
+    // takes it, the reconciler refuses it, naming the field.
+    let label = "a".repeat(63);
+    let network = [
+        ("long-domain", "DomainName", format!("{label}.{label}.{label}.{label}"), "is not a domain name"),
+        ("url-bad-host", "Url", "https://999.1.1.1/".to_string(), "is not a URL"),
+        ("url-bad-port", "Url", "https://evil.example.com:99999/".to_string(), "is not a URL"),
     ];
     for (name, type_, value, _) in &network {
         let object = finding_json(name, |spec| {
@@ -268,8 +302,12 @@ async fn a_type_that_does_not_match_its_value_is_refused() {
     }
 
     the_good_finding_is_still_delivered(&world, 101).await;
-    // Not even the valid first indicator of an invalid finding is pushed.
-    assert_eq!(world.indicator_values(sv::TENANT_ID), vec![sha256(101)]);
+    // The control and the good network values; not even the valid first indicator of an invalid
+    // finding is pushed.
+    let mut expected: Vec<String> =
+        [&sha256(101), "2001:db8::7", "evil.example.com", "https://evil.example.com/payload"].map(String::from).into();
+    expected.sort();
+    assert_eq!(world.indicator_values(sv::TENANT_ID), expected);
 }
 
 // ---------------------------------------------------------------------------------------------
