@@ -241,7 +241,8 @@ pub struct ProbeFindingStatus {
     /// The effective result: `spec.state`, or derived from `spec.code`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<TestState>,
-    /// Partners holding the indicators over partners that should, e.g. `1/2`.
+    /// Partners done with the finding (indicators held, nothing to push, or expired) over the
+    /// partners that select it, e.g. `1/2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -289,7 +290,7 @@ pub enum DeliveryState {
     External,
     /// Nothing to deliver (the test was not UNPROTECTED).
     Skipped,
-    /// The finding is past its expiry; nothing is pushed.
+    /// The finding is past its expiry: done, its indicators are not pushed again.
     Expired,
     /// Withdrawn from Defender.
     Withdrawn,
