@@ -14,7 +14,7 @@ const PARTNER_LUA: &str = include_str!("../deploy/argocd/health-defenderpartner.
 const FINDING_LUA: &str = include_str!("../deploy/argocd/health-probefinding.lua");
 const ARGOCD_CM: &str = include_str!("../deploy/argocd/argocd-cm.yaml");
 
-const TERMINAL: [&str; 22] = [
+const TERMINAL: [&str; 23] = [
     "InvalidSpec",
     "SecretNotFound",
     "SecretKeyMissing",
@@ -37,6 +37,7 @@ const TERMINAL: [&str; 22] = [
     "InvalidFinding",
     "PartnerNotFound",
     "DeliveryFailed",
+    "QuotaExceeded",
 ];
 
 const TRANSIENT: [&str; 9] = [

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use defender_operator::api::conditions::{INDICATORS_SYNCED, READY, find};
-use defender_operator::api::{DefenderPartner, DeliveryState, ProbeFinding};
+use defender_operator::api::{DefenderPartner, DeliveryState, PartnerState, ProbeFinding};
 use defender_operator::controller::sync::EngineConfig;
 use defender_operator::sandbox::SandboxOptions;
 use defender_operator::sandbox::defender::{EmulatorConfig, Endpoint, sandbox_values as sv};
@@ -100,6 +100,9 @@ async fn pushing_stops_before_the_tenant_cap_with_quota_exceeded() {
         .unwrap();
     let status = partner.status.unwrap();
     assert_eq!(find(&status.conditions, INDICATORS_SYNCED).unwrap().status, "False");
+    let ready = find(&status.conditions, READY).unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "QuotaExceeded"));
+    assert_eq!(status.state, Some(PartnerState::Attached), "still attached: what is in Defender stays");
     assert_eq!(status.quota.as_ref().map(|q| q.limit), Some(10));
     assert_eq!(status.indicators.as_ref().map(|i| (i.submitted, i.failed)), Some((3, 2)));
     assert_eq!(world.indicators().len(), 10, "3 pushed, 2 held back, nothing failed at Defender");

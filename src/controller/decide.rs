@@ -488,10 +488,17 @@ pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (P
                 Some(report) => report.verdict(),
                 None => Verdict::new(INDICATORS_SYNCED, false, "Starting", "the sync engine is reading Defender"),
             };
+            // Attached but not working: the tenant is full and nothing more can be pushed until
+            // someone makes room. Throttling, outages and refused values are the findings' to tell.
+            let ready = if synced.reason == "QuotaExceeded" {
+                Verdict::new(READY, false, "QuotaExceeded", synced.message.clone())
+            } else {
+                Verdict::new(READY, true, "Attached", "credentials valid and Defender reachable")
+            };
             (
                 PartnerState::Attached,
                 vec![
-                    Verdict::new(READY, true, "Attached", "credentials valid and Defender reachable"),
+                    ready,
                     Verdict::new(
                         CREDENTIALS_VALID,
                         true,

@@ -575,6 +575,22 @@ fn partner_conditions_follow_the_verdict() {
 }
 
 #[test]
+fn an_attached_partner_at_the_tenant_cap_is_not_ready() {
+    let attached = Attachment::Attached { granted: vec!["Ti.ReadWrite.All".into()], missing_optional: vec![] };
+    let full =
+        SyncReport { ready: true, over_quota: 5, tenant_total: 15_000, tenant_cap: 15_000, ..Default::default() };
+    let (state, verdicts) = partner_conditions(&attached, Some(&full));
+    assert_eq!(state, PartnerState::Attached);
+    let ready = verdicts.iter().find(|v| v.type_ == READY).unwrap();
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "QuotaExceeded"));
+    assert!(ready.message.contains("15000 of the 15000"), "{}", ready.message);
+    // A transient error of the last round does not flap Ready.
+    let throttled = SyncReport { ready: true, error: Some(("Throttled".into(), "429".into())), ..Default::default() };
+    let (_, verdicts) = partner_conditions(&attached, Some(&throttled));
+    assert!(verdicts.iter().find(|v| v.type_ == READY).unwrap().status);
+}
+
+#[test]
 fn sync_report_verdicts() {
     let quota = SyncReport { ready: true, over_quota: 5, tenant_total: 15_000, ..Default::default() };
     assert_eq!(quota.verdict().reason, "QuotaExceeded");
