@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use defender_operator::api::{DefenderPartner, PartnerState};
+use defender_operator::api::{Cloud, DefenderPartner, PartnerState};
 use defender_operator::sandbox::defender::sandbox_values as sv;
 use kube::Api;
 
@@ -44,6 +44,16 @@ async fn attach_list_suspend_and_detach_a_partner() {
     assert!(ok, "attach failed: {out}{err}");
     assert!(out.contains("Attached") && out.contains(sv::TENANT_ID), "{out}");
 
+    // `--cloud gcc-high` writes the CRD's spelling (GCCHigh), which the API server takes.
+    let gov_secret = format!("{}/{}", sv::GOV_APP_ID, sv::GOV_APP_SECRET);
+    let gov = ["--name", "gov", "--user", sv::GOV_TENANT_ID, "--secret", &gov_secret, "--cloud", "gcc-high"];
+    let (ok, out, err) =
+        cli.run(&[&["partner", "attach", "defender", "--api", &api][..], &gov[..]].concat(), &[]).await;
+    assert!(ok, "attach --cloud gcc-high failed: {out}{err}");
+    assert!(out.contains("Attached") && out.contains(sv::GOV_TENANT_ID), "{out}");
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    assert_eq!(partners.get("gov").await.unwrap().spec.cloud, Cloud::GccHigh);
+
     // The secret from the environment, not the command line; a wrong one is refused with its reason.
     let wrong = "not-the-secret-4711";
     let (ok, out, err) = cli
@@ -82,7 +92,6 @@ async fn attach_list_suspend_and_detach_a_partner() {
     let (ok, out, err) = cli.run(&["partner", "detach", "defender"], &[]).await;
     assert!(ok, "{err}");
     assert!(out.contains("Detached default/defender"), "{out}");
-    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
     assert!(partners.get_opt("defender").await.unwrap().is_none());
     let other = partners.get("other").await.unwrap();
     assert_eq!(other.status.unwrap().state, Some(PartnerState::Detached));

@@ -1162,11 +1162,18 @@ async fn the_operators_crds_validate_findings() {
     let e = api_err(pf.create(&PostParams::default(), &bad).await.unwrap_err());
     assert_eq!(e.code, 422);
     let causes = &e.details.as_ref().unwrap().causes;
+    // The rule's fieldPath names the value; like kube-apiserver, the bad value shown is the type of
+    // the object the rule is on, not the field's.
     assert!(
-        causes
-            .iter()
-            .any(|c| c.field == "spec.indicators[0]" && c.message.contains("a FileSha256 value is 64 hex characters")),
+        causes.iter().any(|c| c.field == "spec.indicators[0].value"
+            && c.message == "Invalid value: \"object\": a FileSha256 value is 64 hex characters"),
         "{causes:?}"
+    );
+    assert!(
+        e.message
+            .contains("spec.indicators[0].value: Invalid value: \"object\": a FileSha256 value is 64 hex characters"),
+        "{}",
+        e.message
     );
     finding["spec"]["indicators"][0]["value"] =
         json!("5ab2e1d3f8a2c4b6d8e0f1a3c5e7092b4d6f8a0c2e4a6b8d0f2a4c6e8b0d2f4a");

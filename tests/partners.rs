@@ -176,11 +176,46 @@ async fn suspend_detaches_and_resume_attaches() {
     world.good_secret("default", "creds").await;
     world.partner("default", "defender", "creds", json!({})).await;
     world.attached("default", "defender").await;
+    world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    let delivered = world.ready_finding("default", "a").await.status.unwrap().deliveries.remove(0);
+    assert_eq!(delivered.state, defender_operator::api::DeliveryState::Submitted);
+    let id = delivered.indicators[0].id.clone();
+    assert!(id.is_some() && delivered.submitted_time.is_some(), "{delivered:?}");
 
+    // Suspended: nothing is withdrawn, and the finding says so rather than going back to Pending.
     world.partner("default", "defender", "creds", json!({"suspend": true})).await;
     world.detached_with("default", "defender", "Suspended").await;
+    let says = "not attached (Suspended); its indicators stay in Defender";
+    let finding = world
+        .wait_for("default", "a", WAIT, |f: &defender_operator::api::ProbeFinding| {
+            f.status.as_ref().is_some_and(|s| s.deliveries.iter().any(|d| d.message.as_deref() == Some(says)))
+        })
+        .await
+        .expect("the delivery says the partner is not attached");
+    let status = finding.status.unwrap();
+    let suspended = &status.deliveries[0];
+    assert_eq!(suspended.state, defender_operator::api::DeliveryState::Submitted, "{suspended:?}");
+    assert_eq!(suspended.indicators[0].id, id);
+    assert_eq!(suspended.submitted_time, delivered.submitted_time);
+    assert_eq!(status.delivered.as_deref(), Some("1/1"));
+    assert_eq!(world.indicator_values(sv::TENANT_ID), vec![sha256(1)]);
+
+    // Resumed (a second later, so a rewritten submittedTime would show): the same indicator, the
+    // same submittedTime, nothing re-sent.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     world.partner("default", "defender", "creds", json!({"suspend": false})).await;
     world.attached("default", "defender").await;
+    let finding = world
+        .wait_for("default", "a", WAIT, |f: &defender_operator::api::ProbeFinding| {
+            f.status.as_ref().is_some_and(|s| s.deliveries.iter().all(|d| d.message.is_none()))
+        })
+        .await
+        .expect("the delivery no longer says the partner is not attached");
+    let resumed = &finding.status.as_ref().unwrap().deliveries[0];
+    assert_eq!(resumed.state, defender_operator::api::DeliveryState::Submitted, "{resumed:?}");
+    assert_eq!(resumed.indicators[0].id, id);
+    assert_eq!(resumed.submitted_time, delivered.submitted_time, "submittedTime kept across suspend and resume");
+    assert_eq!(world.indicator_values(sv::TENANT_ID), vec![sha256(1)]);
 }
 
 #[tokio::test]
@@ -264,4 +299,59 @@ async fn a_refused_partner_is_asked_about_once_per_change() {
     assert_eq!(token_requests(), 2, "one annotation, one re-validation");
     let partner = partners.get("defender").await.unwrap();
     assert_eq!(partner.status.unwrap().reason.as_deref(), Some("InvalidSecret"));
+}
+
+/// An attached partner re-validates when `detect.dev/revalidate` gets a new value (after a fix on
+/// Entra's side, or to check a revoked consent now), and says which value it acted on.
+#[tokio::test]
+async fn the_revalidate_annotation_re_checks_an_attached_partner_now() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    let before = world.attached("default", "defender").await.status.unwrap().last_validated_time.unwrap();
+    // lastValidatedTime is to the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    let ask = json!({"metadata": {"annotations": {"detect.dev/revalidate": "2026-11-26T15:00:00Z"}}});
+    partners.patch("defender", &PatchParams::default(), &Patch::Merge(ask)).await.unwrap();
+    let partner = world
+        .wait_for("default", "defender", WAIT, |p: &DefenderPartner| {
+            p.status.as_ref().is_some_and(|s| s.last_handled_revalidate.as_deref() == Some("2026-11-26T15:00:00Z"))
+        })
+        .await
+        .expect("the annotation is acted on");
+    let status = partner.status.unwrap();
+    assert!(status.last_validated_time.unwrap().0 > before.0, "validated again");
+    assert_eq!(status.state, Some(PartnerState::Attached));
+}
+
+/// Findings follow their partners' lives: a new partner that never attached gets its entry in
+/// every finding of the namespace, and a deleted partner's entry goes away.
+#[tokio::test]
+async fn findings_gain_and_lose_entries_as_partners_come_and_go() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({})).await;
+    world.attached("default", "defender").await;
+    world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    world.ready_finding("default", "a").await;
+
+    world.secret("default", "other", &[("tenantId", sv::TENANT_ID)]).await;
+    world.partner("default", "unattached", "other", json!({})).await;
+    world.detached_with("default", "unattached", "SecretKeyMissing").await;
+    let partners_named = |names: &'static [&'static str]| {
+        move |f: &defender_operator::api::ProbeFinding| {
+            f.status.as_ref().is_some_and(|s| {
+                let mut seen: Vec<&str> = s.deliveries.iter().map(|d| d.partner.as_str()).collect();
+                seen.sort();
+                seen == names
+            })
+        }
+    };
+    world.wait_for("default", "a", WAIT, partners_named(&["defender", "unattached"])).await.expect("a new entry");
+
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    partners.delete("unattached", &DeleteParams::default()).await.unwrap();
+    let finding = world.wait_for("default", "a", WAIT, partners_named(&["defender"])).await.expect("entry gone");
+    assert_eq!(finding.status.unwrap().delivered.as_deref(), Some("1/1"));
 }

@@ -224,3 +224,41 @@ async fn a_throttled_import_does_not_hold_a_lone_finding_back() {
         calls.iter().skip_while(|c| c.status != 429).filter(|c| c.endpoint == Endpoint::ImportIndicators).count();
     assert_eq!(imports_after, 1, "no import retried inside the Retry-After");
 }
+
+/// Two findings share a hash: one UNPROTECTED, one PROTECTED. The indicator stays while either
+/// exists (DESIGN: a later PROTECTED result is the indicator working) and the partner counts it;
+/// with `deletionPolicy: Delete` it goes with the last finding that refers to it.
+#[tokio::test]
+async fn a_hash_shared_by_findings_stays_while_one_refers_to_it_and_is_counted() {
+    let world = world().await;
+    world.good_secret("default", "creds").await;
+    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete"})).await;
+    world.attached("default", "defender").await;
+    world.finding("default", "laptop-a", &[sha256(7)], json!({"code": 101})).await;
+    world.finding("default", "laptop-b", &[sha256(7)], json!({"code": 100})).await;
+    world.ready_finding("default", "laptop-a").await;
+    world.ready_finding("default", "laptop-b").await;
+
+    let findings: Api<ProbeFinding> = Api::namespaced(world.admin.clone(), "default");
+    findings.delete("laptop-a", &Default::default()).await.unwrap();
+    let counted = |submitted: u32| {
+        move |p: &DefenderPartner| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.indicators.as_ref())
+                .is_some_and(|i| (i.desired, i.submitted) == (submitted, submitted))
+        }
+    };
+    // A later finding: once it is delivered, the engine has had a round since the deletion.
+    world.finding("default", "laptop-c", &[sha256(8)], json!({"code": 101})).await;
+    world.ready_finding("default", "laptop-c").await;
+    world.wait_for("default", "defender", WAIT, counted(2)).await.expect("the kept indicator is counted");
+    let mut held = vec![sha256(7), sha256(8)];
+    held.sort();
+    assert_eq!(world.indicator_values(sv::TENANT_ID), held, "sha256(7) kept for laptop-b");
+
+    findings.delete("laptop-b", &Default::default()).await.unwrap();
+    findings.delete("laptop-c", &Default::default()).await.unwrap();
+    eventually("withdrawn with the last finding", WAIT, || world.indicators().is_empty()).await;
+    world.wait_for("default", "defender", WAIT, counted(0)).await.expect("nothing counted");
+}

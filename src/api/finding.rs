@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Test","type":"string","jsonPath":".spec.test.name"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Delivered","type":"string","jsonPath":".status.delivered"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    doc = "A security test's result on one endpoint, with the indicators (hashes) of the tested binary; UNPROTECTED results are pushed to Microsoft Defender by the DefenderPartners that select it."
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -84,13 +85,13 @@ pub struct PartnerRef {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.type != 'FileSha256' || self.value.matches('^[0-9a-fA-F]{64}$')", "message": "a FileSha256 value is 64 hex characters"},
-    {"rule": "self.type != 'FileSha1' || self.value.matches('^[0-9a-fA-F]{40}$')", "message": "a FileSha1 value is 40 hex characters"},
-    {"rule": "self.type != 'FileMd5' || self.value.matches('^[0-9a-fA-F]{32}$')", "message": "a FileMd5 value is 32 hex characters"},
-    {"rule": "self.type != 'CertificateThumbprint' || self.value.matches('^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$')", "message": "a CertificateThumbprint value is 40 (SHA-1) or 64 (SHA-256) hex characters"},
-    {"rule": value_rule(IndicatorType::IpAddress), "message": "an IpAddress value is one IPv4 or IPv6 address without a prefix length, e.g. 203.0.113.7 or 2001:db8::7"},
-    {"rule": value_rule(IndicatorType::DomainName), "message": "a DomainName value is two or more dot-separated labels of letters, digits and inner hyphens, without a trailing dot (Unicode names in punycode), e.g. evil.example.com"},
-    {"rule": value_rule(IndicatorType::Url), "message": "a Url value is an http:// or https:// URL with a host and no spaces (percent-encode them), e.g. https://evil.example.com/path"}
+    {"rule": "self.type != 'FileSha256' || self.value.matches('^[0-9a-fA-F]{64}$')", "message": "a FileSha256 value is 64 hex characters", "fieldPath": ".value"},
+    {"rule": "self.type != 'FileSha1' || self.value.matches('^[0-9a-fA-F]{40}$')", "message": "a FileSha1 value is 40 hex characters", "fieldPath": ".value"},
+    {"rule": "self.type != 'FileMd5' || self.value.matches('^[0-9a-fA-F]{32}$')", "message": "a FileMd5 value is 32 hex characters", "fieldPath": ".value"},
+    {"rule": "self.type != 'CertificateThumbprint' || self.value.matches('^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$')", "message": "a CertificateThumbprint value is 40 (SHA-1) or 64 (SHA-256) hex characters", "fieldPath": ".value"},
+    {"rule": value_rule(IndicatorType::IpAddress), "message": "an IpAddress value is one IPv4 or IPv6 address without a prefix length, e.g. 203.0.113.7 or 2001:db8::7", "fieldPath": ".value"},
+    {"rule": value_rule(IndicatorType::DomainName), "message": "a DomainName value is two or more dot-separated labels of letters, digits and inner hyphens, without a trailing dot (Unicode names in punycode), e.g. evil.example.com", "fieldPath": ".value"},
+    {"rule": value_rule(IndicatorType::Url), "message": "a Url value is an http:// or https:// URL with a host and no spaces (percent-encode them), e.g. https://evil.example.com/path", "fieldPath": ".value"}
 ]))]
 pub struct IndicatorSpec {
     #[serde(rename = "type")]
@@ -541,6 +542,25 @@ mod tests {
             Ok(Value::Bool(verdict)) => verdict,
             other => panic!("{type_:?} {value:?}: a rule did not evaluate to a bool: {other:?}"),
         })
+    }
+
+    /// Every rule that checks `self.value` names `spec.indicators[i].value` (its `fieldPath`),
+    /// like the reconciler's own errors; and `kubectl explain probefinding` says what one is.
+    #[test]
+    fn value_rules_name_the_value_field_and_the_crd_is_described() {
+        let crd = serde_json::to_value(<ProbeFinding as kube::CustomResourceExt>::crd()).unwrap();
+        let schema = "/spec/versions/0/schema/openAPIV3Schema";
+        let at = format!("{schema}/properties/spec/properties/indicators/items/x-kubernetes-validations");
+        let rules = crd.pointer(&at).and_then(Value::as_array).unwrap();
+        assert_eq!(rules.len(), 7);
+        for rule in rules {
+            let src = rule["rule"].as_str().unwrap();
+            assert!(src.contains("self.value"), "{src}");
+            assert_eq!(rule["fieldPath"], ".value", "{src}");
+        }
+        let description = crd.pointer(&format!("{schema}/description")).and_then(Value::as_str).unwrap();
+        assert!(description.starts_with("A security test's result on one endpoint"), "{description}");
+        assert!(!description.contains("Auto-generated"), "{description}");
     }
 
     fn reconciler_accepts(type_: IndicatorType, value: &str) -> bool {

@@ -19,6 +19,9 @@ pub const GROUP: &str = "detect.dev";
 pub const FINALIZER: &str = "detect.dev/indicators";
 /// Field manager for everything the operator writes.
 pub const MANAGER: &str = "defender-operator";
+/// Setting this annotation on a partner to a new value asks for a re-validation now (as after
+/// fixing something in Entra); `status.lastHandledRevalidate` echoes the value acted on.
+pub const REVALIDATE_ANNOTATION: &str = "detect.dev/revalidate";
 
 /// All CRDs the operator serves, in the order `crd` prints them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {

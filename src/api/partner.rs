@@ -29,7 +29,8 @@ const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
     printcolumn = r#"{"name":"Indicators","type":"integer","jsonPath":".status.indicators.submitted"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    doc = "A Microsoft Defender for Endpoint tenant, attached through an Entra app's credentials in a Secret; the operator pushes the UNPROTECTED ProbeFindings it selects there as indicators."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DefenderPartnerSpec {
@@ -62,7 +63,8 @@ pub struct DefenderPartnerSpec {
     #[serde(default)]
     pub indicator: IndicatorSettings,
 
-    /// Whether indicators are withdrawn when their findings are deleted or the partner detached.
+    /// Whether the operator withdraws the indicators it pushed when no live finding refers to them
+    /// any more, and all of them when the partner is deleted (`Delete`); suspending withdraws nothing.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
@@ -269,6 +271,10 @@ pub struct DefenderPartnerStatus {
     pub last_validated_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attached_time: Option<Time>,
+    /// The value of the `detect.dev/revalidate` annotation last acted on: set the annotation to a
+    /// new value to re-validate now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_revalidate: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indicators: Option<IndicatorCounts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

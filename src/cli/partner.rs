@@ -50,6 +50,7 @@ pub struct AttachArgs {
     pub name: String,
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    /// The sovereign cloud; the CRD's spellings (`GCCHigh`, …) are accepted too.
     #[arg(long, value_enum, default_value = "commercial")]
     pub cloud: CloudArg,
     /// How long to wait for the operator's verdict.
@@ -57,11 +58,17 @@ pub struct AttachArgs {
     pub timeout: Duration,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+/// `--cloud`: the CLI's kebab-case names, with the CRD's spellings (`spec.cloud`) as aliases.
+/// What is written is always the CRD's spelling (the serialized [`Cloud`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CloudArg {
+    #[value(alias = "Commercial")]
     Commercial,
+    #[value(alias = "GCC")]
     Gcc,
+    #[value(alias = "GCCHigh")]
     GccHigh,
+    #[value(alias = "DoD")]
     Dod,
 }
 
@@ -172,12 +179,7 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
         .patch(&secret_name, &params, &Patch::Apply(&secret))
         .await
         .with_context(|| format!("writing Secret {namespace}/{secret_name}"))?;
-    let mut spec = json!({"cloud": Cloud::from(args.cloud), "credentials": {"secretRef": {"name": secret_name}}, "suspend": false});
-    if let Some(api) = &args.api {
-        spec["api"] = json!(api_url(api));
-    }
-    let partner = json!({"apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
-        "metadata": {"name": args.name, "namespace": namespace}, "spec": spec});
+    let partner = partner_object(&args, namespace, &secret_name);
     let partners: Api<DefenderPartner> = Api::namespaced(client, namespace);
     partners
         .patch(&args.name, &params, &Patch::Apply(&partner))
@@ -208,6 +210,16 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The `DefenderPartner` that `attach` applies.
+fn partner_object(args: &AttachArgs, namespace: &str, secret_name: &str) -> serde_json::Value {
+    let mut spec = json!({"cloud": Cloud::from(args.cloud), "credentials": {"secretRef": {"name": secret_name}}, "suspend": false});
+    if let Some(api) = &args.api {
+        spec["api"] = json!(api_url(api));
+    }
+    json!({"apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
+        "metadata": {"name": args.name, "namespace": namespace}, "spec": spec})
 }
 
 async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Result<()> {
@@ -262,5 +274,58 @@ mod tests {
         assert_eq!(split_secret("app/s3cr3t").unwrap(), ("app".to_string(), "s3cr3t".to_string()));
         assert_eq!(api_url("api-eu.securitycenter.microsoft.com"), "https://api-eu.securitycenter.microsoft.com");
         assert_eq!(api_url("http://127.0.0.1:8080/"), "http://127.0.0.1:8080");
+    }
+
+    fn attach_args(cloud: Option<&str>) -> AttachArgs {
+        let mut argv = vec!["defender-operator", "partner", "attach", "defender", "--user", "t", "--secret", "a/b"];
+        argv.extend(cloud.iter().flat_map(|c| ["--cloud", *c]));
+        match <crate::cli::Cli as clap::Parser>::try_parse_from(argv) {
+            Ok(crate::cli::Cli { command: crate::cli::Command::Partner(PartnerCommand::Attach(args)) }) => args,
+            other => panic!("--cloud {cloud:?}: {other:?}"),
+        }
+    }
+
+    /// Every `--cloud` spelling, the CLI's and the CRD's, writes the CRD's spelling, which the
+    /// CRD's enum takes (`--cloud gcc-high` once wrote `gcc-high`, which the API server refused).
+    #[test]
+    fn cloud_is_written_in_the_crds_spelling() {
+        let crd = serde_json::to_value(<DefenderPartner as kube::CustomResourceExt>::crd()).unwrap();
+        let at = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/cloud/enum";
+        let allowed = crd.pointer(at).and_then(serde_json::Value::as_array).expect("spec.cloud is an enum").clone();
+        let cases = [
+            ("commercial", "Commercial"),
+            ("Commercial", "Commercial"),
+            ("gcc", "GCC"),
+            ("GCC", "GCC"),
+            ("gcc-high", "GCCHigh"),
+            ("GCCHigh", "GCCHigh"),
+            ("dod", "DoD"),
+            ("DoD", "DoD"),
+        ];
+        for (given, written) in cases {
+            let partner = partner_object(&attach_args(Some(given)), "ns", "defender-credentials");
+            assert_eq!(partner["spec"]["cloud"], written, "--cloud {given}");
+            assert!(allowed.contains(&partner["spec"]["cloud"]), "--cloud {given}: {written} is not in {allowed:?}");
+        }
+        assert_eq!(partner_object(&attach_args(None), "ns", "s")["spec"]["cloud"], "Commercial", "the default");
+        // Every accepted spelling is covered above, and every CRD value can be written.
+        let spellings: Vec<String> = CloudArg::value_variants()
+            .iter()
+            .flat_map(|v| v.to_possible_value().unwrap().get_name_and_aliases().map(String::from).collect::<Vec<_>>())
+            .collect();
+        let mut covered: Vec<&str> = cases.iter().map(|(given, _)| *given).collect();
+        let mut spellings: Vec<&str> = spellings.iter().map(String::as_str).collect();
+        covered.sort_unstable();
+        spellings.sort_unstable();
+        assert_eq!(spellings, covered);
+        let mut written: Vec<&str> = cases.iter().map(|(_, w)| *w).collect();
+        written.dedup();
+        assert_eq!(allowed.len(), written.len(), "{allowed:?}");
+        let argv = ["defender-operator", "partner", "attach", "defender", "--user", "t", "--secret", "a/b", "--cloud"];
+        let unknown = <crate::cli::Cli as clap::Parser>::try_parse_from(argv.iter().chain(&["China"]));
+        assert!(
+            unknown.is_err_and(|e| e.to_string().contains("gcc-high")),
+            "an unknown cloud is refused, listing the names"
+        );
     }
 }

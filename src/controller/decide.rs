@@ -221,9 +221,13 @@ pub enum ValueStatus {
 }
 
 /// A finding's delivery to one partner. `engine` is `Err` when the partner is not attached,
-/// with the partner's reason. `expired` is `Some` when the finding's indicators have expired for
-/// this partner, with the delivery's message (see [`partner_delivery`]): what is not held by then
-/// is `Expired` — done, never pushed again — rather than `Pending` or `Failed`.
+/// with the partner's reason: what its `previous` delivery held stays held (see
+/// [`held_while_not_attached`]); otherwise the delivery is `Pending` saying why (`not attached:
+/// InvalidSecret`), or `Skipped` when there is nothing to push. `expired` is `Some` when the
+/// finding's indicators have expired for this partner, with the delivery's message (see
+/// [`partner_delivery`]): what is not held by then is `Expired` — done, never pushed again —
+/// rather than `Pending` or `Failed`. Messages never name the partner: the delivery's `partner`
+/// field does, and [`finding_ready`] prefixes it.
 pub fn delivery(
     partner: &str,
     finding: &ProbeFinding,
@@ -244,7 +248,10 @@ pub fn delivery(
     };
     let lookup = match engine {
         Err(why) => {
-            delivery.message = Some(format!("partner {partner} is not attached: {why}"));
+            if let Some(held) = held_while_not_attached(partner, finding, keys, why, previous) {
+                return held;
+            }
+            delivery.message = Some(format!("not attached: {why}"));
             if finding.effective_state() != TestState::Unprotected {
                 delivery.state = DeliveryState::Skipped;
                 delivery.message = Some(nothing_to_push(finding));
@@ -287,6 +294,50 @@ pub fn delivery(
         delivery.message = Some(format!("{foreign} of {} already in Defender under another owner", keys.len()));
     }
     keep_submitted_time(delivery, previous)
+}
+
+/// The delivery of a partner that is not attached, when its `previous` delivery held this
+/// finding's indicators (`Submitted` or `External`): nothing withdraws them meanwhile — suspending
+/// and `deletionPolicy: Retain` never do, and `Delete` withdraws only when the partner is deleted,
+/// when its delivery goes with it — so the delivery keeps its state, its Defender ids and its
+/// `submittedTime`, and says `not attached (Suspended); its indicators stay in Defender`. `None`
+/// when nothing was held, or when the finding's indicators changed so that what was held no longer
+/// covers them (an UNPROTECTED finding needs every value held; any other needs one, as with an
+/// attached partner): then the delivery waits like any other.
+fn held_while_not_attached(
+    partner: &str,
+    finding: &ProbeFinding,
+    keys: &[IndicatorKey],
+    why: &str,
+    previous: Option<&Delivery>,
+) -> Option<Delivery> {
+    let previous = previous
+        .filter(|p| p.partner == partner && matches!(p.state, DeliveryState::Submitted | DeliveryState::External))?;
+    let indicators: Vec<DeliveredIndicator> = keys
+        .iter()
+        .map(|key| DeliveredIndicator {
+            type_: key.type_,
+            value: key.value.clone(),
+            id: previous
+                .indicators
+                .iter()
+                .find(|held| held.type_ == key.type_ && held.value == key.value)
+                .and_then(|held| held.id.clone()),
+        })
+        .collect();
+    let held = indicators.iter().filter(|i| i.id.is_some()).count();
+    let covered = if finding.effective_state() == TestState::Unprotected { held == keys.len() } else { held > 0 };
+    if !covered {
+        return None;
+    }
+    let delivery = Delivery {
+        partner: partner.to_string(),
+        state: previous.state,
+        indicators,
+        submitted_time: None,
+        message: Some(format!("not attached ({why}); its indicators stay in Defender")),
+    };
+    Some(keep_submitted_time(delivery, Some(previous)))
 }
 
 /// A finding's delivery to `partner`: [`delivery`] with the partner's expiry applied at `now`. An
@@ -350,9 +401,11 @@ pub fn attached(partner: &DefenderPartner) -> bool {
 /// attached partner's reason while anything is pending or failed. The True reason is
 /// `NothingToDeliver` when every delivery is `Skipped`, `Expired` when every delivery that is not
 /// `Skipped` is `Expired` (the indicators are not pushed again), and `Delivered` otherwise (some
-/// partner holds them). Partners that are not attached (detached, suspended) keep their delivery
-/// `Pending` with its message but do not hold `Ready` back — unless no attached partner selects
-/// an UNPROTECTED finding at all, when nothing holds it and their deliveries decide instead.
+/// partner holds them). Partners that are not attached (detached, suspended) do not hold `Ready`
+/// back: their delivery keeps what they held (`Submitted`, `External`: the indicators stay in
+/// Defender) or is `Pending` with the reason — unless no attached partner selects the finding at
+/// all, when their deliveries decide instead: `Delivered` if they left its indicators in Defender,
+/// `Pending` with the first one's reason if nothing holds them.
 pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: impl Fn(&str) -> bool) -> Verdict {
     let nothing_to_deliver = || Verdict::new(READY, true, "NothingToDeliver", nothing_to_push(finding));
     if deliveries.is_empty() {
@@ -402,12 +455,19 @@ pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: 
         );
         return Verdict::new(READY, true, "Expired", message);
     }
-    let mut message = "every attached partner holds this finding's indicators (or has nothing to hold)".to_string();
+    // No partner is attached: the others decided, and left the indicators in Defender.
+    let (holders, not_attached) = if on.is_empty() {
+        let names: Vec<&str> = off.iter().map(|d| d.partner.as_str()).collect();
+        ("every partner", format!("; none is attached: {}", names.join(", ")))
+    } else {
+        ("every attached partner", not_waited_for)
+    };
+    let mut message = format!("{holders} holds this finding's indicators (or has nothing to hold)");
     if !expired.is_empty() {
         let names: Vec<&str> = expired.iter().map(|d| d.partner.as_str()).collect();
         message += &format!(" except where they expired and are not pushed again: {}", names.join(", "));
     }
-    Verdict::new(READY, true, "Delivered", message + &not_waited_for)
+    Verdict::new(READY, true, "Delivered", message + &not_attached)
 }
 
 /// `Ready` of a finding whose `spec.partnerRef` names a partner that does not receive it: `named`
@@ -450,7 +510,9 @@ fn nothing_to_push(finding: &ProbeFinding) -> String {
     }
 }
 
-/// `submittedTime` is set once, when the delivery first became `Submitted`.
+/// `submittedTime` is set once, when the delivery first became `Submitted`, and kept while it
+/// stays `Submitted` — also while its partner is not attached (suspended, detached), so a resume
+/// that re-sends nothing does not move it.
 fn keep_submitted_time(mut delivery: Delivery, previous: Option<&Delivery>) -> Delivery {
     if delivery.state == DeliveryState::Submitted {
         delivery.submitted_time = previous.and_then(|p| p.submitted_time.clone());

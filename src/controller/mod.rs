@@ -171,13 +171,24 @@ pub async fn run(
     let (finding_tx, finding_rx) = mpsc::unbounded_channel();
     let (partner_tx, partner_rx) = mpsc::unbounded_channel();
 
+    // The cache holds every finding: keep it lean. Managed fields are most of an object and the
+    // operator never reads them.
+    let (findings, writer) = reflector::store::<ProbeFinding>();
+
     // The reconciler's own status writes do not wake it: a failed validation would otherwise be
     // retried at once, past its backoff.
     let (partner_cache, partner_writer) = reflector::store::<DefenderPartner>();
+    let (findings_of_gone, wake_findings) = (findings.clone(), finding_tx.clone());
     let partner_events =
         watcher::watcher(scoped::<DefenderPartner>(&client, &config.namespace), watcher::Config::default())
             .default_backoff()
             .reflect(partner_writer)
+            // A partner gone from the cache: its findings drop their delivery for it.
+            .inspect_ok(move |event| {
+                if let watcher::Event::Delete(partner) = event {
+                    wake_findings_in(partner.metadata.namespace.as_deref(), &findings_of_gone, &wake_findings);
+                }
+            })
             .touched_objects()
             .predicate_filter(partner_changed, Default::default());
     let partner_controller = Controller::for_stream(partner_events, partner_cache);
@@ -195,9 +206,6 @@ pub async fn run(
         .reconcile_on(UnboundedReceiverStream::new(partner_rx))
         .graceful_shutdown_on(shutdown.clone());
 
-    // The cache holds every finding: keep it lean. Managed fields are most of an object and the
-    // operator never reads them.
-    let (findings, writer) = reflector::store::<ProbeFinding>();
     let engines = Arc::new(Engines::default());
     let new_findings_wake = engines.clone();
     let unreadable = Arc::new(readable::Unreadable::default());
@@ -290,6 +298,19 @@ pub async fn run(
     tokio::select! {
         _ = async { while controllers.join_next().await.is_some() {} } => info!("controllers stopped"),
         _ = drain_deadline => warn!("controllers did not drain within {DRAIN_TIMEOUT:?}; stopping anyway"),
+    }
+}
+
+/// Queues a reconcile of every finding in `namespace` (whose partners changed).
+pub fn wake_findings_in(
+    namespace: Option<&str>,
+    findings: &Store<ProbeFinding>,
+    queue: &mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
+) {
+    for finding in findings.state() {
+        if finding.metadata.namespace.as_deref() == namespace {
+            let _ = queue.send(ObjectRef::from_obj(&*finding));
+        }
     }
 }
 

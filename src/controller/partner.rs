@@ -11,17 +11,16 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizing, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::decide::{Attachment, partner_conditions};
-use super::{Context, Error, object_key};
+use super::{Context, Error, object_key, wake_findings_in};
 use crate::api::conditions;
 use crate::api::partner::{DefenderPartnerStatus, IndicatorCounts, TenantQuota};
-use crate::api::{DefenderPartner, DeletionPolicy, FINALIZER, MANAGER, PartnerState};
+use crate::api::{DefenderPartner, DeletionPolicy, FINALIZER, MANAGER, PartnerState, REVALIDATE_ANNOTATION};
 use crate::defender::{ClientOptions, Credentials, DefenderClient, Validation};
 
 pub async fn reconcile(partner: Arc<DefenderPartner>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -117,8 +116,11 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
     let identity = format!("{hash}|{}|{:?}", client.api_base(), partner.spec.cloud);
     let interval = revalidate_interval(&partner);
     let previous = partner.status.clone().unwrap_or_default();
+    let requested = partner.annotations().get(REVALIDATE_ANNOTATION).cloned();
+    let asked_again = requested.is_some() && requested != previous.last_handled_revalidate;
 
     if let Some(remaining) = still_valid(&partner, &previous, &hash, interval)
+        && !asked_again
         && ctx.engines.get(&marker).is_some()
     {
         // Nothing changed since the last validation: only refresh what the engine reports.
@@ -133,6 +135,7 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
             ensure_engine(&partner, client, identity, ctx);
             let mut status = attached(&partner, &previous, Some(&validation), ctx);
             status.credentials_hash = Some(hash);
+            status.last_handled_revalidate = requested;
             write_status(&partner, status, ctx).await?;
             Ok(Action::requeue(jittered(interval)))
         }
@@ -165,6 +168,7 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
             let mut status = detached(&partner, error.reason(), &error.to_string(), credentials_ok, permissions_ok);
             status.credentials_hash = Some(hash);
             status.last_validated_time = Some(now());
+            status.last_handled_revalidate = requested;
             if let crate::defender::DefenderError::MissingPermission { missing, granted } = &error {
                 status.missing_permissions = missing.clone();
                 status.granted_permissions = granted.clone();
@@ -399,11 +403,7 @@ fn ensure_engine(partner: &Arc<DefenderPartner>, client: DefenderClient, identit
 fn stop_engine(partner: &DefenderPartner, ctx: &Context) {
     if ctx.engines.stop(&partner.owner_marker()) {
         // Findings shown as delivered through this partner must now say it is detached.
-        for finding in ctx.findings.state() {
-            if finding.metadata.namespace == partner.metadata.namespace {
-                let _ = ctx.triggers.findings.send(ObjectRef::from_obj(&*finding));
-            }
-        }
+        wake_findings_in(partner.metadata.namespace.as_deref(), &ctx.findings, &ctx.triggers.findings);
     }
 }
 
@@ -486,6 +486,7 @@ fn detached(
         client_id: previous.client_id,
         credentials_hash: previous.credentials_hash,
         last_validated_time: previous.last_validated_time,
+        last_handled_revalidate: previous.last_handled_revalidate,
         ..Default::default()
     }
 }
@@ -514,6 +515,8 @@ async fn write_status(partner: &DefenderPartner, status: DefenderPartnerStatus, 
         let note = status.message.clone().unwrap_or_default();
         info!(partner = %partner.owner_marker(), state = ?status.state, reason = status.reason.as_deref().unwrap_or(""), "partner state changed");
         publish(ctx, partner, type_, reason, note).await;
+        // The findings' deliveries name this partner's state (a new partner, too, gets its entry).
+        wake_findings_in(partner.metadata.namespace.as_deref(), &ctx.findings, &ctx.triggers.findings);
     }
     Ok(())
 }

@@ -419,6 +419,12 @@ impl Worker {
                 None => report.pending += 1,
             }
         }
+        // Values that stay for live findings no longer asking for them (a later PROTECTED result
+        // is the indicator working) are in Defender for this partner too.
+        let kept = desired.referenced.iter().filter(|key| !desired.push.contains_key(*key));
+        let kept = kept.filter(|key| matches!(view.remote.get(*key), Some(r) if r.holder == Holder::Us)).count() as u32;
+        report.desired += kept;
+        report.submitted += kept;
         if report != view.report {
             view.report = report;
             drop(view);
@@ -438,11 +444,7 @@ impl Worker {
 
     fn trigger_namespace(&self) {
         let namespace = self.partner.borrow().metadata.namespace.clone();
-        for finding in self.findings.state() {
-            if finding.metadata.namespace == namespace {
-                let _ = self.triggers.findings.send(ObjectRef::from_obj(&*finding));
-            }
-        }
+        super::wake_findings_in(namespace.as_deref(), &self.findings, &self.triggers.findings);
     }
 
     fn trigger_findings_with(&self, keys: &BTreeSet<IndicatorKey>, findings: &[Arc<ProbeFinding>]) {

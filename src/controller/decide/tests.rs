@@ -239,8 +239,11 @@ fn delivery_states() {
     assert_eq!(not_relevant.message.as_deref(), Some("nothing to push: exit code 104 means NOT_RELEVANT"));
 
     let detached = delivery("p", &unprotected, &keys, None, Err("InvalidSecret"), None);
-    assert_eq!(detached.state, DeliveryState::Pending);
-    assert!(detached.message.unwrap().contains("InvalidSecret"));
+    assert_eq!(
+        (detached.state, detached.message.as_deref()),
+        (DeliveryState::Pending, Some("not attached: InvalidSecret")),
+        "the reason, without the partner's name: the delivery's `partner` field says it"
+    );
 
     let protected = finding("g", TestState::Protected, &[&hash('a')]);
     let keys = protected.indicator_keys().unwrap();
@@ -356,8 +359,8 @@ fn ready_waits_only_for_attached_partners() {
     let unprotected = finding("f", TestState::Unprotected, &[&hash('a')]);
     let attached_ones = |names: &'static [&'static str]| move |name: &str| names.contains(&name);
     let submitted = delivered_as("good", DeliveryState::Submitted, None);
-    let detached = delivered_as("bad", DeliveryState::Pending, Some("partner bad is not attached: InvalidSecret"));
-    let suspended = delivered_as("paused", DeliveryState::Pending, Some("partner paused is not attached: Suspended"));
+    let detached = delivered_as("bad", DeliveryState::Pending, Some("not attached: InvalidSecret"));
+    let suspended = delivered_as("paused", DeliveryState::Pending, Some("not attached: Suspended"));
 
     // The attached partner holds it; the detached and the suspended ones do not hold Ready back.
     let ready = finding_ready(
@@ -391,13 +394,169 @@ fn ready_waits_only_for_attached_partners() {
     // partner's reason is shown.
     let ready = finding_ready(&unprotected, &[detached.clone(), suspended], attached_ones(&[]));
     assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
-    assert_eq!(ready.message, "partner bad: partner bad is not attached: InvalidSecret");
+    assert_eq!(ready.message, "partner bad: not attached: InvalidSecret", "the partner named once");
     let ready = finding_ready(&unprotected, &[], attached_ones(&[]));
     assert_eq!((ready.status, ready.reason.as_str()), (false, "NoPartner"));
 
     // Every attached partner holds it and none is detached: no note about detached partners.
     let ready = finding_ready(&unprotected, &[submitted], attached_ones(&["good"]));
     assert_eq!(ready.message, "every attached partner holds this finding's indicators (or has nothing to hold)");
+}
+
+/// What an attached partner delivered for `finding`: `Submitted` (or `External`) with ids `1`,
+/// `2`, … and, for `Submitted`, a `submittedTime`.
+fn held_by(partner: &str, finding: &ProbeFinding, state: DeliveryState) -> Delivery {
+    let keys = finding.indicator_keys().unwrap();
+    let ids: HashMap<IndicatorKey, String> =
+        keys.iter().enumerate().map(|(i, k)| (k.clone(), (i + 1).to_string())).collect();
+    let holder = if state == DeliveryState::Submitted { Holder::Us } else { Holder::Foreign };
+    let lookup = |k: &IndicatorKey| ValueStatus::Held(Remote { id: ids[k].clone(), holder: holder.clone() });
+    let mut d = delivery(partner, finding, &keys, None, Ok(&lookup), None);
+    assert_eq!(d.state, state);
+    if state == DeliveryState::Submitted {
+        // As the finding reconciler stamps a delivery that just became Submitted.
+        d.submitted_time = Some(Time(Timestamp::from_second(NOW - 600).unwrap()));
+    }
+    d
+}
+
+#[test]
+fn a_partner_that_is_not_attached_keeps_what_it_delivered() {
+    let unprotected = finding("f", TestState::Unprotected, &[&hash('a'), &hash('b')]);
+    let keys = unprotected.indicator_keys().unwrap();
+    let submitted = held_by("defender", &unprotected, DeliveryState::Submitted);
+    let ids = |d: &Delivery| d.indicators.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+
+    // Suspended (or detached, or being deleted) after pushing: nothing withdrew the indicators.
+    for why in ["Suspended", "InvalidSecret", "Deleting"] {
+        let d = delivery("defender", &unprotected, &keys, None, Err(why), Some(&submitted));
+        assert_eq!(d.state, DeliveryState::Submitted, "{why}");
+        assert_eq!(ids(&d), ids(&submitted), "{why}: the Defender ids stay");
+        assert_eq!(d.submitted_time, submitted.submitted_time, "{why}: submittedTime stays");
+        let says = format!("not attached ({why}); its indicators stay in Defender");
+        assert_eq!(d.message.as_deref(), Some(says.as_str()));
+        assert!(delivered(&d), "{why}: counted in DELIVERED");
+    }
+    // The same through partner_delivery, and at every pass (the status is not rewritten).
+    let partner = partner("defender");
+    let once = partner_delivery(&partner, &unprotected, &keys, now(), Err("Suspended"), Some(&submitted));
+    let twice = partner_delivery(&partner, &unprotected, &keys, now(), Err("Suspended"), Some(&once));
+    assert_eq!(once.state, DeliveryState::Submitted);
+    assert_eq!(once, twice);
+    // Even with an expireAfter that would push nothing now: what is held stays held.
+    let mut unusable = self::partner("defender");
+    unusable.spec.indicator.expire_after = "87601h".into();
+    let d = partner_delivery(&unusable, &unprotected, &keys, now(), Err("Suspended"), Some(&submitted));
+    assert_eq!((d.state, d.submitted_time.clone()), (DeliveryState::Submitted, submitted.submitted_time.clone()));
+
+    // Already there under another owner: External stays External, with its ids.
+    let external = held_by("defender", &unprotected, DeliveryState::External);
+    let d = delivery("defender", &unprotected, &keys, None, Err("Suspended"), Some(&external));
+    assert_eq!(d.state, DeliveryState::External);
+    assert_eq!((ids(&d), d.submitted_time.clone()), (ids(&external), None));
+    assert_eq!(d.message.as_deref(), Some("not attached (Suspended); its indicators stay in Defender"));
+
+    // Pushed earlier, now PROTECTED: still held, as with an attached partner.
+    let mut protected = unprotected.clone();
+    protected.spec.state = Some(TestState::Protected);
+    let d = delivery("defender", &protected, &keys, None, Err("Suspended"), Some(&submitted));
+    assert_eq!((d.state, ids(&d)), (DeliveryState::Submitted, ids(&submitted)));
+
+    // Nothing held before: as ever, Pending with the reason, or Skipped when nothing is to push.
+    for previous in [
+        None,
+        Some(delivered_as("defender", DeliveryState::Pending, None)),
+        Some(delivered_as("defender", DeliveryState::Failed, Some("InvalidHashValue"))),
+        Some(delivered_as("defender", DeliveryState::Expired, Some("expired at …"))),
+    ] {
+        let d = delivery("defender", &unprotected, &keys, None, Err("Suspended"), previous.as_ref());
+        assert_eq!((d.state, d.message.as_deref()), (DeliveryState::Pending, Some("not attached: Suspended")));
+        assert!(d.indicators.iter().all(|i| i.id.is_none()) && d.submitted_time.is_none());
+        let d = delivery("defender", &protected, &keys, None, Err("Suspended"), previous.as_ref());
+        assert_eq!(d.state, DeliveryState::Skipped);
+    }
+    // The finding gained a value while the partner was away: not all of it is in Defender.
+    let grown = finding("f", TestState::Unprotected, &[&hash('a'), &hash('b'), &hash('c')]);
+    let grown_keys = grown.indicator_keys().unwrap();
+    let d = delivery("defender", &grown, &grown_keys, None, Err("Suspended"), Some(&submitted));
+    assert_eq!((d.state, d.message.as_deref()), (DeliveryState::Pending, Some("not attached: Suspended")));
+    // It lost one: what is left is still held, with its id.
+    let shrunk = finding("f", TestState::Unprotected, &[&hash('b')]);
+    let d = delivery("defender", &shrunk, &shrunk.indicator_keys().unwrap(), None, Err("Suspended"), Some(&submitted));
+    assert_eq!((d.state, ids(&d)), (DeliveryState::Submitted, vec![Some("2".to_string())]));
+}
+
+#[test]
+fn delivery_messages_do_not_repeat_the_partner_name() {
+    let unprotected = finding("f", TestState::Unprotected, &[&hash('a')]);
+    let keys = unprotected.indicator_keys().unwrap();
+    let submitted = held_by("acme", &unprotected, DeliveryState::Submitted);
+    let partner = partner("acme");
+    let foreign = |_: &IndicatorKey| ValueStatus::Held(Remote { id: "9".into(), holder: Holder::Foreign });
+    let mut old = unprotected.clone();
+    old.spec.observed_time = Some(Time(Timestamp::from_second(NOW - 721 * 3600).unwrap()));
+    let pending = |_: &IndicatorKey| ValueStatus::Pending;
+    let deliveries = [
+        partner_delivery(&partner, &unprotected, &keys, now(), Err("InvalidSecret"), None),
+        partner_delivery(&partner, &unprotected, &keys, now(), Err("Suspended"), Some(&submitted)),
+        partner_delivery(&partner, &unprotected, &keys, now(), Ok(&foreign), None),
+        partner_delivery(&partner, &old, &keys, now(), Ok(&pending), None),
+        partner_delivery(&partner, &finding("p", TestState::Protected, &[&hash('a')]), &keys, now(), Err("x"), None),
+    ];
+    for d in &deliveries {
+        let message = d.message.as_deref().unwrap();
+        assert!(!message.contains("acme") && !message.contains("partner"), "{message}");
+    }
+    // Ready names it once, in front.
+    let ready = finding_ready(&unprotected, &deliveries[..1], |_: &str| false);
+    assert_eq!(ready.message, "partner acme: not attached: InvalidSecret");
+}
+
+#[test]
+fn submitted_time_survives_a_suspend_and_resume() {
+    let unprotected = finding("f", TestState::Unprotected, &[&hash('a')]);
+    let keys = unprotected.indicator_keys().unwrap();
+    let ours = |_: &IndicatorKey| ValueStatus::Held(Remote { id: "1".into(), holder: Holder::Us });
+    let first = held_by("defender", &unprotected, DeliveryState::Submitted);
+    // Suspended: the engine stops; the delivery stays Submitted.
+    let suspended = delivery("defender", &unprotected, &keys, None, Err("Suspended"), Some(&first));
+    assert_eq!(suspended.submitted_time, first.submitted_time);
+    // Resumed: the engine finds the indicator where it was and re-sends nothing.
+    let resumed = delivery("defender", &unprotected, &keys, None, Ok(&ours), Some(&suspended));
+    assert_eq!((resumed.state, resumed.message.as_deref()), (DeliveryState::Submitted, None));
+    assert_eq!(resumed.submitted_time, first.submitted_time, "not moved to the resume");
+    assert_eq!(resumed, first);
+}
+
+#[test]
+fn ready_counts_what_a_partner_that_is_not_attached_left_in_defender() {
+    let unprotected = finding("f", TestState::Unprotected, &[&hash('a')]);
+    let keys = unprotected.indicator_keys().unwrap();
+    let submitted = held_by("paused", &unprotected, DeliveryState::Submitted);
+    let kept = delivery("paused", &unprotected, &keys, None, Err("Suspended"), Some(&submitted));
+    let attached_ones = |names: &'static [&'static str]| move |name: &str| names.contains(&name);
+
+    // The only partner is suspended, but its indicators are in Defender: Ready, saying none is attached.
+    let ready = finding_ready(&unprotected, std::slice::from_ref(&kept), attached_ones(&[]));
+    assert_eq!(
+        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (
+            true,
+            "Delivered",
+            "every partner holds this finding's indicators (or has nothing to hold); none is attached: paused"
+        )
+    );
+    // Also a detached partner that never held them: with none attached every delivery decides,
+    // so not Ready, naming it once.
+    let detached = delivery("bad", &unprotected, &keys, None, Err("InvalidSecret"), None);
+    let ready = finding_ready(&unprotected, &[detached.clone(), kept.clone()], attached_ones(&[]));
+    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    assert_eq!(ready.message, "partner bad: not attached: InvalidSecret");
+    // An attached partner decides, as before; the suspended one is not waited for.
+    let good = held_by("good", &unprotected, DeliveryState::Submitted);
+    let ready = finding_ready(&unprotected, &[good, kept, detached], attached_ones(&["good"]));
+    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
+    assert!(ready.message.ends_with("; not attached, so not waited for: paused, bad"), "{}", ready.message);
 }
 
 #[test]
@@ -428,7 +587,7 @@ fn expired_indicators_are_done_not_failed() {
     );
     // Several partners, one with nothing to push and one detached (not waited for).
     let skipped = delivered_as("quiet", DeliveryState::Skipped, Some("nothing to push"));
-    let detached = delivered_as("bad", DeliveryState::Pending, Some("partner bad is not attached: InvalidSecret"));
+    let detached = delivered_as("bad", DeliveryState::Pending, Some("not attached: InvalidSecret"));
     let no_message = delivered_as("old", DeliveryState::Expired, None);
     let ready = finding_ready(
         &unprotected,
