@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use defender_operator::api::{Cloud, DefenderPartner, PartnerState};
 use defender_operator::sandbox::defender::sandbox_values as sv;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 struct Cli {
@@ -89,10 +90,15 @@ async fn attach_list_suspend_and_detach_a_partner() {
     assert!(ok, "{err}");
     world.detached_with("default", "defender", "Suspended").await;
 
+    let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), "default");
+    assert!(secrets.get_opt("defender-credentials").await.unwrap().is_some(), "attach wrote it");
     let (ok, out, err) = cli.run(&["partner", "detach", "defender"], &[]).await;
     assert!(ok, "{err}");
     assert!(out.contains("Detached default/defender"), "{out}");
     assert!(partners.get_opt("defender").await.unwrap().is_none());
+    // The Secret attach wrote goes with its partner; another partner's stays.
+    assert!(secrets.get_opt("defender-credentials").await.unwrap().is_none(), "{out}");
+    assert!(secrets.get_opt("other-credentials").await.unwrap().is_some());
     let other = partners.get("other").await.unwrap();
     assert_eq!(other.status.unwrap().state, Some(PartnerState::Detached));
     let _ = std::fs::remove_file(&kubeconfig);

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -223,7 +223,7 @@ fn partner_object(args: &AttachArgs, namespace: &str, secret_name: &str) -> serd
 }
 
 async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Result<()> {
-    let partners: Api<DefenderPartner> = Api::namespaced(client, namespace);
+    let partners: Api<DefenderPartner> = Api::namespaced(client.clone(), namespace);
     if args.suspend {
         // A merge patch: applying only `suspend` as the manager that applied the rest would
         // drop the rest.
@@ -232,6 +232,14 @@ async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Re
         println!("Suspended {namespace}/{}", args.name);
         return Ok(());
     }
+    let secret_name = partners
+        .get(&args.name)
+        .await
+        .with_context(|| format!("reading {}", args.name))?
+        .spec
+        .credentials
+        .secret_ref
+        .name;
     partners.delete(&args.name, &DeleteParams::default()).await.with_context(|| format!("deleting {}", args.name))?;
     // The operator's finalizer withdraws indicators first (deletionPolicy: Delete).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -242,6 +250,25 @@ async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!("Detached {namespace}/{}", args.name);
+    // The client secret goes with the partner when `attach` wrote it and no other partner uses it.
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let written_by_attach = secrets
+        .get_opt(&secret_name)
+        .await?
+        .is_some_and(|secret| secret.labels().get("app.kubernetes.io/managed-by").map(String::as_str) == Some(MANAGER));
+    let still_used = partners
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .any(|p| p.spec.credentials.secret_ref.name == secret_name);
+    if written_by_attach && !still_used {
+        secrets
+            .delete(&secret_name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting Secret {secret_name}"))?;
+        println!("Deleted Secret {namespace}/{secret_name} (written by attach)");
+    }
     Ok(())
 }
 
