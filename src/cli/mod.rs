@@ -145,3 +145,33 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+/// An error as the user reads it: its causes on one line, each said once (many errors repeat
+/// their source), a Kubernetes refusal by its message rather than the whole `Status` structure.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        if matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(_))) {
+            continue;
+        }
+        let text = cause.to_string();
+        if !said.last().is_some_and(|previous| previous.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kubernetes_refusal_is_described_by_its_message() {
+        let status = kube::core::Status::failure("namespaces \"cli-test\" not found", "NotFound").with_code(404);
+        let error = anyhow::Error::new(kube::Error::Api(Box::new(status))).context("listing partners");
+        assert_eq!(describe(&error), "listing partners: namespaces \"cli-test\" not found: NotFound");
+        let repeated = anyhow::anyhow!(std::io::Error::other("disk full")).context("writing: disk full");
+        assert_eq!(describe(&repeated), "writing: disk full");
+    }
+}
