@@ -176,7 +176,8 @@ fn reason_for_error(error: &str) -> Option<(&'static str, bool)> {
 
 fn hint(reason: &str) -> &'static str {
     match reason {
-        "InvalidSecret" => "Entra rejected the client secret (is it the secret's value rather than its ID?)",
+        // Entra's own description already says "the client secret value, not the client secret ID".
+        "InvalidSecret" => "Entra rejected the client secret",
         "SecretExpired" => "the client secret has expired; create a new one and update the Secret",
         "CredentialMissing" => "no client secret reached Entra",
         "AppNotFound" => "the client id was not found in this tenant (wrong client id, or an app of another tenant)",
