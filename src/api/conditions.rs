@@ -13,13 +13,20 @@ pub const INDICATORS_SYNCED: &str = "IndicatorsSynced";
 pub struct Verdict {
     pub type_: &'static str,
     pub status: bool,
+    /// Not checked (status `Unknown`); `status` is then false.
+    pub unknown: bool,
     pub reason: String,
     pub message: String,
 }
 
 impl Verdict {
     pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+        Self { type_, status, unknown: false, reason: reason.into(), message: message.into() }
+    }
+
+    /// A condition that could not be checked (e.g. permissions without a valid token).
+    pub fn unknown(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { unknown: true, ..Self::new(type_, false, reason, message) }
     }
 }
 
@@ -29,7 +36,12 @@ pub fn merge(existing: &[Condition], verdicts: &[Verdict], generation: Option<i6
     let mut merged: Vec<Condition> = verdicts
         .iter()
         .map(|verdict| {
-            let status = if verdict.status { "True" } else { "False" }.to_string();
+            let status = match (verdict.unknown, verdict.status) {
+                (true, _) => "Unknown",
+                (false, true) => "True",
+                (false, false) => "False",
+            }
+            .to_string();
             let previous = existing.iter().find(|c| c.type_ == verdict.type_);
             let last_transition_time = match previous {
                 Some(previous) if previous.status == status => previous.last_transition_time.clone(),
@@ -101,6 +113,14 @@ mod tests {
         let first = merge(&[], &[Verdict::new(READY, false, "InvalidSecret", "a")], Some(1), &at(100));
         let second = merge(&first, &[Verdict::new(READY, true, "Attached", "b")], Some(1), &at(200));
         assert_eq!(second[0].last_transition_time, at(200));
+    }
+
+    #[test]
+    fn unknown_is_its_own_status() {
+        let unknown = merge(&[], &[Verdict::unknown(PERMISSIONS_GRANTED, "NotChecked", "no token")], Some(1), &at(100));
+        assert_eq!(unknown[0].status, "Unknown");
+        let granted = merge(&unknown, &[Verdict::new(PERMISSIONS_GRANTED, true, "Granted", "ok")], Some(1), &at(200));
+        assert_eq!((granted[0].status.as_str(), granted[0].last_transition_time.0.as_second()), ("True", 200));
     }
 
     #[test]

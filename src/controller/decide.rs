@@ -573,15 +573,19 @@ pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (P
             )
         }
         Attachment::Detached { reason, message, credentials_ok, permissions_ok } => {
+            // Suspended, deleting or an unusable spec: the credentials were not even tried.
+            let unchecked = matches!(reason.as_str(), "Suspended" | "Deleting" | "InvalidSpec");
             let credentials = if *credentials_ok {
                 Verdict::new(CREDENTIALS_VALID, true, "Valid", "a token was issued for the configured tenant and app")
+            } else if unchecked {
+                Verdict::unknown(CREDENTIALS_VALID, "NotChecked", format!("not checked: {message}"))
             } else {
                 Verdict::new(CREDENTIALS_VALID, false, reason.clone(), message.clone())
             };
             let permissions = match permissions_ok {
                 Some(true) => Verdict::new(PERMISSIONS_GRANTED, true, "Granted", "Ti write role granted"),
                 Some(false) => Verdict::new(PERMISSIONS_GRANTED, false, reason.clone(), message.clone()),
-                None => Verdict::new(PERMISSIONS_GRANTED, false, "Unknown", "not checked: no valid token"),
+                None => Verdict::unknown(PERMISSIONS_GRANTED, "NotChecked", "not checked: no valid token"),
             };
             (
                 PartnerState::Detached,

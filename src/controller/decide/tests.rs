@@ -750,6 +750,30 @@ fn an_attached_partner_at_the_tenant_cap_is_not_ready() {
 }
 
 #[test]
+fn what_was_not_checked_is_unknown() {
+    let detached = |reason: &str| {
+        let attachment = Attachment::Detached {
+            reason: reason.into(),
+            message: "m".into(),
+            credentials_ok: false,
+            permissions_ok: None,
+        };
+        partner_conditions(&attachment, None).1
+    };
+    let by_type = |verdicts: &[Verdict], t: &str| verdicts.iter().find(|v| v.type_ == t).unwrap().clone();
+    let refused = detached("InvalidSecret");
+    let credentials = by_type(&refused, CREDENTIALS_VALID);
+    assert!(!credentials.status && !credentials.unknown && credentials.reason == "InvalidSecret");
+    let permissions = by_type(&refused, PERMISSIONS_GRANTED);
+    assert!(permissions.unknown && permissions.reason == "NotChecked", "{permissions:?}");
+    for reason in ["Suspended", "Deleting", "InvalidSpec"] {
+        let credentials = by_type(&detached(reason), CREDENTIALS_VALID);
+        assert!(credentials.unknown && credentials.reason == "NotChecked", "{reason}: {credentials:?}");
+        assert!(!by_type(&detached(reason), READY).unknown, "Ready is False with the reason: {reason}");
+    }
+}
+
+#[test]
 fn sync_report_verdicts() {
     let quota = SyncReport { ready: true, over_quota: 5, tenant_total: 15_000, ..Default::default() };
     assert_eq!(quota.verdict().reason, "QuotaExceeded");
