@@ -221,13 +221,7 @@ async fn suspend_detaches_and_resume_attaches() {
 #[tokio::test]
 async fn events_are_published_on_transitions_only() {
     let world = world().await;
-    world
-        .secret(
-            "default",
-            "creds",
-            &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "wrong")],
-        )
-        .await;
+    world.wrong_secret("default", "creds").await;
     world.partner("default", "defender", "creds", json!({})).await;
     world.detached_with("default", "defender", "InvalidSecret").await;
     world.good_secret("default", "creds").await;
@@ -275,13 +269,7 @@ async fn events_are_published_on_transitions_only() {
 #[tokio::test]
 async fn a_refused_partner_is_asked_about_once_per_change() {
     let world = world().await;
-    world
-        .secret(
-            "default",
-            "creds",
-            &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "wrong")],
-        )
-        .await;
+    world.wrong_secret("default", "creds").await;
     world.partner("default", "defender", "creds", json!({})).await;
     world.detached_with("default", "defender", "InvalidSecret").await;
     let token_requests = || {

@@ -68,6 +68,16 @@ impl World {
         .await;
     }
 
+    /// A Secret with the good app and a wrong client secret: Entra answers AADSTS7000215.
+    pub async fn wrong_secret(&self, namespace: &str, name: &str) {
+        self.secret(
+            namespace,
+            name,
+            &[("tenantId", sv::TENANT_ID), ("clientId", sv::GOOD_APP_ID), ("clientSecret", "wrong")],
+        )
+        .await;
+    }
+
     /// Applies a partner pointed at the emulator; `spec` is merged over the defaults.
     pub async fn partner(&self, namespace: &str, name: &str, secret: &str, spec: Value) {
         let mut full = json!({"api": self.defender_api(), "credentials": {"secretRef": {"name": secret}}});
