@@ -171,22 +171,34 @@ pub async fn run(
     let (finding_tx, finding_rx) = mpsc::unbounded_channel();
     let (partner_tx, partner_rx) = mpsc::unbounded_channel();
 
-    // The cache holds every finding: keep it lean. Managed fields are most of an object and the
-    // operator never reads them.
     let (findings, writer) = reflector::store::<ProbeFinding>();
 
     // The reconciler's own status writes do not wake it: a failed validation would otherwise be
     // retried at once, past its backoff.
     let (partner_cache, partner_writer) = reflector::store::<DefenderPartner>();
-    let (findings_of_gone, wake_findings) = (findings.clone(), finding_tx.clone());
+    let (namespace_findings, finding_queue) = (findings.clone(), finding_tx.clone());
+    let mut last_seen: HashMap<ObjectRef<DefenderPartner>, PartnerFacts> = HashMap::new();
     let partner_events =
         watcher::watcher(scoped::<DefenderPartner>(&client, &config.namespace), watcher::Config::default())
             .default_backoff()
             .reflect(partner_writer)
-            // A partner gone from the cache: its findings drop their delivery for it.
+            // Findings name their partners' states: once the cache holds a partner's new state,
+            // spec or deletion (or it is gone), the findings of its namespace are reconciled.
             .inspect_ok(move |event| {
-                if let watcher::Event::Delete(partner) = event {
-                    wake_findings_in(partner.metadata.namespace.as_deref(), &findings_of_gone, &wake_findings);
+                let changed = match event {
+                    watcher::Event::Apply(partner) | watcher::Event::InitApply(partner) => {
+                        let facts = PartnerFacts::of(partner);
+                        (last_seen.insert(ObjectRef::from_obj(partner), facts.clone()) != Some(facts))
+                            .then_some(partner)
+                    }
+                    watcher::Event::Delete(partner) => {
+                        last_seen.remove(&ObjectRef::from_obj(partner));
+                        Some(partner)
+                    }
+                    _ => None,
+                };
+                if let Some(partner) = changed {
+                    wake_findings_in(partner.metadata.namespace.as_deref(), &namespace_findings, &finding_queue);
                 }
             })
             .touched_objects()
@@ -218,6 +230,8 @@ pub async fn run(
     let finding_events = watcher::watcher(untyped, watcher::Config::default())
         .default_backoff()
         .map_ok(move |event| reader.read(event))
+        // The cache holds every finding: keep it lean. Managed fields are most of an object and
+        // the operator never reads them.
         .modify(|finding| finding.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects()
@@ -301,7 +315,7 @@ pub async fn run(
     }
 }
 
-/// Queues a reconcile of every finding in `namespace` (whose partners changed).
+/// Queues a reconcile of every finding in `namespace`.
 pub fn wake_findings_in(
     namespace: Option<&str>,
     findings: &Store<ProbeFinding>,
@@ -310,6 +324,27 @@ pub fn wake_findings_in(
     for finding in findings.state() {
         if finding.metadata.namespace.as_deref() == namespace {
             let _ = queue.send(ObjectRef::from_obj(&*finding));
+        }
+    }
+}
+
+/// What a partner's findings depend on: its state and reason, its spec, whether it is deleting.
+#[derive(Clone, PartialEq)]
+struct PartnerFacts {
+    state: Option<crate::api::PartnerState>,
+    reason: Option<String>,
+    generation: Option<i64>,
+    deleting: bool,
+}
+
+impl PartnerFacts {
+    fn of(partner: &DefenderPartner) -> Self {
+        let status = partner.status.as_ref();
+        Self {
+            state: status.and_then(|s| s.state),
+            reason: status.and_then(|s| s.reason.clone()),
+            generation: partner.metadata.generation,
+            deleting: partner.metadata.deletion_timestamp.is_some(),
         }
     }
 }

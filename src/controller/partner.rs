@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::decide::{Attachment, partner_conditions};
-use super::{Context, Error, object_key, wake_findings_in};
+use super::{Context, Error, object_key};
 use crate::api::conditions;
 use crate::api::partner::{DefenderPartnerStatus, IndicatorCounts, TenantQuota};
 use crate::api::{DefenderPartner, DeletionPolicy, FINALIZER, MANAGER, PartnerState, REVALIDATE_ANNOTATION};
@@ -401,10 +401,8 @@ fn ensure_engine(partner: &Arc<DefenderPartner>, client: DefenderClient, identit
 }
 
 fn stop_engine(partner: &DefenderPartner, ctx: &Context) {
-    if ctx.engines.stop(&partner.owner_marker()) {
-        // Findings shown as delivered through this partner must now say it is detached.
-        wake_findings_in(partner.metadata.namespace.as_deref(), &ctx.findings, &ctx.triggers.findings);
-    }
+    // Its findings are reconciled once the partner's new state reaches the cache (controller::run).
+    ctx.engines.stop(&partner.owner_marker());
 }
 
 /// Status of an attached partner, with the engine's counts: from a fresh `validation`, or
@@ -515,8 +513,6 @@ async fn write_status(partner: &DefenderPartner, status: DefenderPartnerStatus, 
         let note = status.message.clone().unwrap_or_default();
         info!(partner = %partner.owner_marker(), state = ?status.state, reason = status.reason.as_deref().unwrap_or(""), "partner state changed");
         publish(ctx, partner, type_, reason, note).await;
-        // The findings' deliveries name this partner's state (a new partner, too, gets its entry).
-        wake_findings_in(partner.metadata.namespace.as_deref(), &ctx.findings, &ctx.triggers.findings);
     }
     Ok(())
 }
