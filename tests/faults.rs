@@ -106,9 +106,7 @@ async fn operator_world(options: SandboxOptions) -> World {
 }
 
 async fn attach(world: &World) {
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
 }
 
 /// Applies the findings of `seeds`, 16 at a time.

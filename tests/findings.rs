@@ -92,9 +92,7 @@ async fn unprotected_findings_are_pushed_once_with_the_partner_settings() {
 #[tokio::test]
 async fn other_states_push_nothing() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     world.finding("default", "protected", &[sha256(1)], json!({"state": "PROTECTED"})).await;
     world.finding("default", "not-relevant", &[sha256(2)], json!({"code": 104})).await;
     world.finding("default", "error", &[sha256(3)], json!({"code": 256})).await;
@@ -167,9 +165,7 @@ async fn a_value_owned_by_someone_else_is_reported_external_and_left_alone() {
         json!({"indicatorValue": sha256(9), "indicatorType": "FileSha256", "action": "Allowed", "title": "portal",
                "description": "added by hand", "application": "portal"}),
     );
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete"})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({"deletionPolicy": "Delete"})).await;
     world.finding("default", "f", &[sha256(9)], json!({"state": "UNPROTECTED"})).await;
 
     let finding = world.ready_finding("default", "f").await;
@@ -189,9 +185,7 @@ async fn a_value_owned_by_someone_else_is_reported_external_and_left_alone() {
 #[tokio::test]
 async fn delete_policy_withdraws_with_the_finding_and_with_the_partner() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete"})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({"deletionPolicy": "Delete"})).await;
     world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     world.finding("default", "b", &[sha256(2)], json!({"state": "UNPROTECTED"})).await;
     world.ready_finding("default", "a").await;
@@ -216,9 +210,7 @@ async fn delete_policy_withdraws_with_the_finding_and_with_the_partner() {
 #[tokio::test]
 async fn deleting_a_suspended_partner_withdraws_and_says_deleting_meanwhile() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete"})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({"deletionPolicy": "Delete"})).await;
     world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     world.ready_finding("default", "a").await;
     world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete", "suspend": true})).await;
@@ -245,9 +237,7 @@ async fn deleting_a_suspended_partner_withdraws_and_says_deleting_meanwhile() {
 #[tokio::test]
 async fn retain_policy_leaves_indicators_in_defender() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     world.ready_finding("default", "a").await;
 
@@ -262,9 +252,7 @@ async fn retain_policy_leaves_indicators_in_defender() {
 #[tokio::test]
 async fn the_finalizer_never_hangs_when_the_secret_is_gone() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete"})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({"deletionPolicy": "Delete"})).await;
     world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     world.ready_finding("default", "a").await;
 
@@ -300,9 +288,7 @@ async fn wait_gone(partners: &Api<DefenderPartner>, name: &str) {
 async fn an_unreadable_finding_is_reported_and_stalls_nothing() {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
     let mut world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
 
     let crds = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),

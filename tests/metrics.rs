@@ -10,9 +10,7 @@ use serde_json::json;
 #[tokio::test]
 async fn metrics_show_reconciles_defender_calls_and_states() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     world.finding("default", "f", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     world.ready_finding("default", "f").await;
     // A reconcile after the push records the gauges with the new counts.

@@ -173,9 +173,7 @@ async fn secret_rotation_revalidates_and_fixing_it_attaches_without_touching_the
 #[tokio::test]
 async fn suspend_detaches_and_resume_attaches() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     let delivered = world.ready_finding("default", "a").await.status.unwrap().deliveries.remove(0);
     assert_eq!(delivered.state, defender_operator::api::DeliveryState::Submitted);
@@ -318,9 +316,7 @@ async fn the_revalidate_annotation_re_checks_an_attached_partner_now() {
 #[tokio::test]
 async fn findings_gain_and_lose_entries_as_partners_come_and_go() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     world.finding("default", "a", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     world.ready_finding("default", "a").await;
 

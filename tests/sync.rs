@@ -26,9 +26,7 @@ fn fast_resync() -> SandboxOptions {
 #[tokio::test]
 async fn an_indicator_deleted_in_the_portal_is_pushed_again_but_an_expired_one_is_not() {
     let world = world_with(fast_resync()).await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({"indicator": {"expireAfter": "1h"}})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({"indicator": {"expireAfter": "1h"}})).await;
     world.finding("default", "live", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
     // Observed in 2020 with a 1 h expiry: nothing to push.
     world
@@ -83,9 +81,7 @@ async fn pushing_stops_before_the_tenant_cap_with_quota_exceeded() {
             json!({"indicatorValue": sha256(100 + i), "indicatorType": "FileSha256", "title": "other tool"}),
         );
     }
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     for i in 0..5 {
         world.finding("default", &format!("f{i}"), &[sha256(i)], json!({"state": "UNPROTECTED"})).await;
     }
@@ -114,9 +110,7 @@ async fn pushing_stops_before_the_tenant_cap_with_quota_exceeded() {
 async fn an_operator_killed_mid_batch_restarts_without_duplicates_and_delivers_everything() {
     const FINDINGS: u32 = 1_200;
     let mut world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     // Slow Defender: each import takes a while, so the kill lands with a batch in flight.
     world.defender.set_latency(Duration::from_millis(700));
 
@@ -179,9 +173,7 @@ async fn a_lone_finding_does_not_wait_for_a_spent_import_budget() {
     let mut config = world.operator_config();
     config.rate_limits = Some(defender_operator::defender::RateLimits { import_per_minute: 1, ..Default::default() });
     world.operator = Some(world.start_operator_with(config));
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
 
     for i in 0..3 {
         let started = tokio::time::Instant::now();
@@ -202,9 +194,7 @@ async fn a_lone_finding_does_not_wait_for_a_spent_import_budget() {
 #[tokio::test]
 async fn a_throttled_import_does_not_hold_a_lone_finding_back() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({})).await;
     eventually("the engine read Defender", WAIT, || {
         world.defender.calls().iter().any(|c| c.endpoint == Endpoint::ListIndicators)
     })
@@ -231,9 +221,7 @@ async fn a_throttled_import_does_not_hold_a_lone_finding_back() {
 #[tokio::test]
 async fn a_hash_shared_by_findings_stays_while_one_refers_to_it_and_is_counted() {
     let world = world().await;
-    world.good_secret("default", "creds").await;
-    world.partner("default", "defender", "creds", json!({"deletionPolicy": "Delete"})).await;
-    world.attached("default", "defender").await;
+    world.attached_partner("default", "defender", json!({"deletionPolicy": "Delete"})).await;
     world.finding("default", "laptop-a", &[sha256(7)], json!({"code": 101})).await;
     world.finding("default", "laptop-b", &[sha256(7)], json!({"code": 100})).await;
     world.ready_finding("default", "laptop-a").await;

@@ -78,6 +78,13 @@ impl World {
         .await;
     }
 
+    /// The usual start: a good Secret `creds`, a partner using it, and its `Attached` verdict.
+    pub async fn attached_partner(&self, namespace: &str, name: &str, spec: Value) -> DefenderPartner {
+        self.good_secret(namespace, "creds").await;
+        self.partner(namespace, name, "creds", spec).await;
+        self.attached(namespace, name).await
+    }
+
     /// Applies a partner pointed at the emulator; `spec` is merged over the defaults.
     pub async fn partner(&self, namespace: &str, name: &str, secret: &str, spec: Value) {
         let mut full = json!({"api": self.defender_api(), "credentials": {"secretRef": {"name": secret}}});
