@@ -10,19 +10,20 @@ ARG RUST_VERSION=1
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
-# Only what the build reads: the manifest and lock file, the sources, and the files the sources
-# embed (crds/, deploy/base/rbac.yaml and deploy/examples/ via include_str!). benches/ is listed
-# in Cargo.toml, so it must exist for the manifest to load.
+# Only what the build reads: the manifests, the lock file and the sources. benches/ is listed in
+# Cargo.toml and sandbox/ is a workspace member, so both must exist for the manifest to load;
+# neither is compiled into the image.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
+COPY sandbox ./sandbox
 COPY benches ./benches
-COPY crds ./crds
-COPY deploy ./deploy
-# --locked: exactly the versions in Cargo.lock, or fail. The caches keep the registry and the
-# target directory between builds (BuildKit); the binary is copied out of the cached target.
+# --locked: exactly the versions in Cargo.lock, or fail. --no-default-features: the operator
+# without the `sandbox` subcommand, its API server and its Defender emulator. The caches keep the
+# registry and the target directory between builds (BuildKit); the binary is copied out of the
+# cached target.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin defender-operator \
+    cargo build --release --locked --no-default-features -p defender-operator --bin defender-operator \
     && install -D -m 0755 target/release/defender-operator /out/defender-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -1,5 +1,6 @@
 //! defender-operator: pushes the file hashes of security tests that ran UNPROTECTED to Microsoft
 //! Defender for Endpoint as indicators, driven by `DefenderPartner` and `ProbeFinding` resources.
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
@@ -8,5 +9,6 @@ pub mod defender;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lease;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod telemetry;

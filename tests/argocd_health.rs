@@ -2,6 +2,7 @@
 //! the object as the global `obj` (numbers as floats, nulls absent, like gopher-lua's view of an
 //! unstructured object), returning `{status, message}`. Fixtures cover every rule, and objects the
 //! operator itself wrote on the sandbox.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
@@ -228,7 +229,7 @@ fn the_argocd_cm_snippet_holds_the_scripts() {
 /// secret Degraded, a delivered finding Healthy, and so is one whose indicators expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_written_by_the_operator_get_the_expected_health() {
-    use defender_operator::sandbox::defender::sandbox_values as sv;
+    use defender_sandbox::emulator::sandbox_values as sv;
     let world = common::world().await;
     world.namespace("team").await;
     world.good_secret("team", "good").await;

@@ -2,6 +2,7 @@
 //! by the CRD schema (the API server answers 422 `Invalid` naming the field) or accepted and given
 //! a clear status (exact reason; the message names the field and the fix) — and, in every test,
 //! that a good finding under an attached good partner is still delivered, exactly once.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::collections::BTreeSet;
 use common::*;
 use defender_operator::api::conditions::{READY, find};
 use defender_operator::api::{DefenderPartner, DeliveryState, ProbeFinding, TestState};
-use defender_operator::sandbox::defender::sandbox_values as sv;
-use defender_operator::sandbox::defender::{CallRecord, Endpoint};
+use defender_sandbox::emulator::sandbox_values as sv;
+use defender_sandbox::emulator::{CallRecord, Endpoint};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;

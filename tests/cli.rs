@@ -1,10 +1,11 @@
 //! `defender-operator partner attach|detach|list` against the sandbox, as a user runs them.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
 use common::*;
 use defender_operator::api::{Cloud, DefenderPartner, PartnerState};
-use defender_operator::sandbox::defender::sandbox_values as sv;
+use defender_sandbox::emulator::sandbox_values as sv;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 

@@ -9,8 +9,8 @@ use defender_operator::defender::{
     AllowList, BatchDeleteOutcome, Credentials, DefenderClient, DefenderError, HostPolicy, NewIndicator, RateLimiter,
     RateLimits,
 };
-use defender_operator::sandbox::defender::sandbox_values::*;
-use defender_operator::sandbox::defender::{CallRecord, Emulator, EmulatorConfig, Endpoint};
+use defender_sandbox::emulator::sandbox_values::*;
+use defender_sandbox::emulator::{CallRecord, Emulator, EmulatorConfig, Endpoint};
 use serde_json::json;
 
 async fn emulator() -> Emulator {

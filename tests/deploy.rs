@@ -2,6 +2,7 @@
 //! the namespaced overlay without error, and the rendered manifests are hardened (least-privilege
 //! RBAC, restricted pod, probes, two replicas with leader election, PDB, NetworkPolicy). The
 //! namespaced overlay's RBAC is then applied to the sandbox and the operator works under it.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
@@ -353,7 +354,7 @@ async fn the_operator_works_under_the_namespaced_overlays_rbac() {
         .finding(NAMESPACE, "office-macro", std::slice::from_ref(&hash), serde_json::json!({"state": "UNPROTECTED"}))
         .await;
     world.ready_finding(NAMESPACE, "office-macro").await;
-    assert!(world.indicator_values(defender_operator::sandbox::defender::sandbox_values::TENANT_ID).contains(&hash));
+    assert!(world.indicator_values(defender_sandbox::emulator::sandbox_values::TENANT_ID).contains(&hash));
 }
 
 /// The per-cloud examples are valid objects: the sandbox's API server (the CRD schema and its

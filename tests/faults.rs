@@ -7,6 +7,7 @@
 //! status tells the truth, there was no panic, no client secret showed up anywhere, and nobody
 //! helped. Each scenario prints one `reliability:` JSON line (`cargo test --test faults --
 //! --nocapture | grep reliability:`); the README's Reliability table comes from them.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
@@ -21,9 +22,9 @@ use defender_operator::api::conditions::{INDICATORS_SYNCED, READY, is_true};
 use defender_operator::api::{DefenderPartner, DeliveryState, PartnerState, ProbeFinding};
 use defender_operator::lease::{self, LeaseConfig};
 use defender_operator::sandbox::cluster::{OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT};
-use defender_operator::sandbox::defender::{Endpoint, Faults, sandbox_values as sv};
 use defender_operator::sandbox::{Sandbox, SandboxOptions};
 use defender_operator::telemetry::{Health, Metrics};
+use defender_sandbox::emulator::{Endpoint, Faults, sandbox_values as sv};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;

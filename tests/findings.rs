@@ -1,12 +1,13 @@
 //! ProbeFinding against the sandbox: what is pushed, once, with the partner's settings; what is
 //! not; selection; withdrawal by deletionPolicy. Invalid findings are in tests/bad_input.rs.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
 use common::*;
 use defender_operator::api::{DefenderPartner, DeliveryState, ProbeFinding};
-use defender_operator::sandbox::defender::Endpoint;
-use defender_operator::sandbox::defender::sandbox_values as sv;
+use defender_sandbox::emulator::Endpoint;
+use defender_sandbox::emulator::sandbox_values as sv;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::DeleteParams;

@@ -1,5 +1,6 @@
 //! kubectl as a real client of the sandbox: apply the examples, read the printer columns, wait
 //! for Ready, delete.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 

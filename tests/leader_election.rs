@@ -1,6 +1,7 @@
 //! Leader election on the sandbox: two operators under the ServiceAccount and RBAC of `deploy/`,
 //! only the Lease holder reconciles; killing it hands over within the lease duration, a graceful
 //! stop hands over at once.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 

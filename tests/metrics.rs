@@ -1,10 +1,11 @@
 //! The operator's /metrics during a sandbox run: every documented series is there, with bounded
 //! labels (no object names), and nothing secret.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
 use common::*;
-use defender_operator::sandbox::defender::sandbox_values as sv;
+use defender_sandbox::emulator::sandbox_values as sv;
 use serde_json::json;
 
 #[tokio::test]

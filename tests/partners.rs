@@ -1,5 +1,6 @@
 //! DefenderPartner against the sandbox: attach, every bad-credential case, rotation, suspend,
 //! events. The operator runs under the RBAC of deploy/.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::time::Duration;
 use common::*;
 use defender_operator::api::conditions::{CREDENTIALS_VALID, INDICATORS_SYNCED, PERMISSIONS_GRANTED, READY, find};
 use defender_operator::api::{DefenderPartner, FINALIZER, PartnerState};
-use defender_operator::sandbox::defender::Endpoint;
-use defender_operator::sandbox::defender::sandbox_values as sv;
+use defender_sandbox::emulator::Endpoint;
+use defender_sandbox::emulator::sandbox_values as sv;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;

@@ -1,12 +1,13 @@
 //! Secret hygiene: recognisable client secrets go through the main scenarios (attach, wrong
 //! secret, rotation, push, throttling, deletion) and never show up in the operator's logs at any
 //! level, in events, in any status, in metrics, or in anything kubectl can read but the Secrets.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
 use common::*;
 use defender_operator::api::{DefenderPartner, ProbeFinding};
-use defender_operator::sandbox::defender::sandbox_values as sv;
+use defender_sandbox::emulator::sandbox_values as sv;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;

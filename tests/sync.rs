@@ -1,5 +1,6 @@
 //! The sync engine at Defender's limits: drift repaired, expired values left alone, the tenant
 //! cap respected, and an operator killed mid-batch recovers without duplicates.
+#![cfg(feature = "sandbox")] // the operator on the sandbox crate's API server and emulator
 
 mod common;
 
@@ -10,7 +11,7 @@ use defender_operator::api::conditions::{INDICATORS_SYNCED, READY, find};
 use defender_operator::api::{DefenderPartner, DeliveryState, PartnerState, ProbeFinding};
 use defender_operator::controller::sync::EngineConfig;
 use defender_operator::sandbox::SandboxOptions;
-use defender_operator::sandbox::defender::{EmulatorConfig, Endpoint, sandbox_values as sv};
+use defender_sandbox::emulator::{EmulatorConfig, Endpoint, sandbox_values as sv};
 use futures::StreamExt;
 use kube::Api;
 use kube::api::ListParams;

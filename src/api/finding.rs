@@ -390,7 +390,7 @@ fn canonical(indicator: &IndicatorSpec) -> Result<IndicatorKey, String> {
             _ => {
                 // The `url` crate drops tabs and newlines anywhere and percent-encodes spaces, but
                 // the value is pushed as given, not as parsed, and the Defender emulator
-                // (`sandbox::defender`) refuses a URL with blanks in it.
+                // (the sandbox's) refuses a URL with blanks in it.
                 if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err(format!(
                         "{:?} is not a URL: it holds spaces or control characters (percent-encode them)",
@@ -418,7 +418,7 @@ fn truncate(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::kube::cel;
+    use defender_sandbox::apiserver::cel;
     use serde_json::{Value, json};
 
     fn finding(state: Option<TestState>, code: Option<i32>, indicators: Vec<IndicatorSpec>) -> ProbeFinding {

@@ -1,4 +1,6 @@
-//! The command line: `run` (the operator), `crd` (print the CRDs).
+//! The command line: `run` (the operator), `crd` (print the CRDs), `sandbox` (the operator on
+//! the embedded sandbox; with the `sandbox` feature) and `partner attach|detach|list` (Prelude's
+//! partner verbs through the Kubernetes API).
 
 mod partner;
 
@@ -25,6 +27,7 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (what crds/ holds).
     Crd,
+    #[cfg(feature = "sandbox")]
     /// Run the whole job on the embedded sandbox: a Kubernetes API server, a Defender/Entra
     /// emulator, the CRDs, the operator and the examples. No cluster or tenant needed.
     Sandbox(crate::sandbox::demo::SandboxArgs),
@@ -107,10 +110,11 @@ pub async fn main() -> anyhow::Result<()> {
             print!("{}", crate::api::crds_yaml());
             Ok(())
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => {
             // The tables are the output; logs only when something goes wrong (RUST_LOG for more).
             telemetry::init(LogFormat::Text, "warn");
-            crate::sandbox::demo::run(args).await
+            crate::sandbox::demo::run(args, shutdown_signal()).await
         }
         Command::Run(args) => {
             telemetry::init(args.log_format, "info,kube=warn,hyper=warn");

@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::defender::{Emulator, EmulatorConfig};
-use super::kube::{ApiServerConfig, KubeApiServer};
+use defender_sandbox::apiserver::{ApiServerConfig, KubeApiServer};
+use defender_sandbox::emulator::{Emulator, EmulatorConfig};
+
 use crate::controller::{self, sync::EngineConfig};
 use crate::defender::{AllowList, HostPolicy};
 use crate::telemetry::{Health, Metrics};

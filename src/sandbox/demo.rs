@@ -37,7 +37,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::api::duration::parse(text).map_err(|e| e.to_string())
 }
 
-pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
+/// Runs until `shutdown` (without `--demo`) or until the examples converge (with it).
+pub async fn run(args: SandboxArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let sandbox = Sandbox::start(SandboxOptions::default()).await?;
     std::fs::write(&args.kubeconfig, sandbox.kubeconfig())
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
@@ -74,7 +76,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = crate::cli::shutdown_signal(), if !args.demo => return Ok(()),
+            _ = &mut shutdown, if !args.demo => return Ok(()),
         }
     }
 }

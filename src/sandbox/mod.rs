@@ -1,9 +1,8 @@
-//! The sandbox: an embedded Kubernetes API server and a Defender/Entra emulator, for the
-//! one-command demo and the integration tests. Never used by `run`.
+//! The glue between the operator and the sandbox crate (`defender-sandbox`): the operator running
+//! on the in-process API server against the Defender emulator, for `sandbox --demo` and the
+//! integration tests. Behind the default-on `sandbox` feature; never used by `run`.
 
 pub mod cluster;
-pub mod defender;
 pub mod demo;
-pub mod kube;
 
 pub use cluster::{Operator, Sandbox, SandboxOptions};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use defender_operator::api::conditions::{READY, find};
 use defender_operator::api::{DefenderPartner, PartnerState, ProbeFinding};
-use defender_operator::sandbox::defender::sandbox_values as sv;
 use defender_operator::sandbox::{Operator, Sandbox, SandboxOptions};
+use defender_sandbox::emulator::sandbox_values as sv;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::api::Cloud;
+use super::Cloud;
 
 /// Everything the emulator serves. `Default` has no tenants and Defender's documented limits.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
-//! A Microsoft Entra + Defender for Endpoint emulator, faithful to the public API as documented
-//! in `reference/defender-api.md` (not to what our client happens to expect).
+//! A Microsoft Entra + Defender for Endpoint emulator, faithful to the public API as Microsoft
+//! documents it (not to what the operator's client happens to expect).
 //!
 //! One listener on `127.0.0.1:<random>` serves both the login authority
 //! (`POST /{tenant}/oauth2/v2.0/token`, `POST /{tenant}/oauth2/token`) and the Defender API
@@ -63,6 +63,16 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The national clouds a tenant can live in: each has its own login host and Defender resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Cloud {
+    #[default]
+    Commercial,
+    Gcc,
+    GccHigh,
+    DoD,
+}
 
 pub use config::{AppConfig, AppSecret, EmulatorConfig, EmulatorLimits, TenantConfig, sandbox_values};
 pub use faults::Faults;

@@ -9,8 +9,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::Cloud;
 use super::config::{AppConfig, TenantConfig};
-use crate::api::Cloud;
 
 /// The WindowsDefenderATP resource app id.
 pub const MDE_APP_ID: &str = "fc780465-2017-40d4-a0c5-307022471b92";

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use defender_operator::sandbox::defender::sandbox_values::*;
-use defender_operator::sandbox::defender::{Emulator, EmulatorConfig, EmulatorLimits, Endpoint};
+use defender_sandbox::emulator::sandbox_values::*;
+use defender_sandbox::emulator::{Emulator, EmulatorConfig, EmulatorLimits, Endpoint};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
