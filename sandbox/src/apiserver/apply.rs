@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::error::Cause;
+use super::cause::Cause;
 use super::patch::{ListType, child_schema, element_key, items_schema, list_type};
 
 /// A field path in fieldsV1 notation: `f:spec`, `k:{"name":"a"}`, `v:"x"`.

@@ -4,6 +4,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
 
+pub use super::cause::Cause;
 use super::registry::ResourceDef;
 
 /// An error answered as a `Status` object.
@@ -13,14 +14,6 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
-}
-
-/// One entry of `details.causes`.
-#[derive(Debug, Clone)]
-pub struct Cause {
-    pub reason: &'static str,
-    pub message: String,
-    pub field: String,
 }
 
 impl ApiError {

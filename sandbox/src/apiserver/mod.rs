@@ -29,9 +29,13 @@
 //! [`store`], [`watch`] streams changes, [`patch`]/[`apply`] implement patches and server-side
 //! apply, [`schema`]/[`cel`] prune, default and validate custom resources, [`rbac`] authorises,
 //! [`discovery`] and [`table`] serve what kubectl needs, `proto` decodes the few protobuf bodies
-//! kubectl's typed `create` commands send, `serve` is the HTTP/HTTPS listener.
+//! kubectl's typed `create` commands send, `serve` is the HTTP/HTTPS listener. [`registry`] knows
+//! the resource types served, [`selectors`] parses label and field selectors, [`error`] renders
+//! failures as `Status` objects and `cause` holds their per-field causes, `faults` holds the
+//! faults injected on demand.
 
 pub mod apply;
+mod cause;
 pub mod cel;
 pub mod discovery;
 pub mod error;

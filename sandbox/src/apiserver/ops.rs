@@ -6,7 +6,8 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
 use super::apply::{self, Scope};
-use super::error::{ApiError, ApiResult, Cause};
+use super::cause::Cause;
+use super::error::{ApiError, ApiResult};
 use super::patch;
 use super::rbac::User;
 use super::registry::{self, ResourceDef};
@@ -257,130 +258,16 @@ pub fn commit(
     let ts = now();
     match old {
         Some(old) => {
-            // status subresource isolation
-            if sub == "status" {
-                let status = new.get("status").cloned();
-                let mut merged = old.clone();
-                merged["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
-                match status {
-                    Some(s) => merged["status"] = s,
-                    None => {
-                        merged.as_object_mut().map(|m| m.remove("status"));
-                    }
-                }
-                new = merged;
-            } else if def.status_subresource {
-                match old.get("status") {
-                    Some(s) => new["status"] = s.clone(),
-                    None => {
-                        new.as_object_mut().map(|m| m.remove("status"));
-                    }
-                }
-            }
-            let meta = new["metadata"].as_object_mut().expect("metadata object");
-            for k in [
-                "uid",
-                "creationTimestamp",
-                "name",
-                "namespace",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "generation",
-            ] {
-                match old["metadata"].get(k) {
-                    Some(v) => {
-                        meta.insert(k.into(), v.clone());
-                    }
-                    None => {
-                        meta.remove(k);
-                    }
-                }
-            }
-            meta.remove("generateName");
-            if let Some(g) = old["metadata"].get("generateName") {
-                meta.insert("generateName".into(), g.clone());
-            }
-            if old["metadata"]["deletionTimestamp"].is_string() {
-                let old_f = old["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
-                let new_f = new["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
-                if new_f.iter().any(|f| !old_f.contains(f)) {
-                    return Err(ApiError::invalid(
-                        def,
-                        name_of(old),
-                        vec![Cause {
-                            reason: "FieldValueForbidden",
-                            message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
-                            field: "metadata.finalizers".into(),
-                        }],
-                    ));
-                }
-            }
+            isolate_status(def, old, &mut new, sub);
+            keep_server_metadata(old, &mut new);
+            check_no_finalizer_added_while_deleting(def, old, &new)?;
         }
-        None => {
-            if def.namespaced {
-                new["metadata"]["namespace"] = json!(ctx.ns);
-            } else if let Some(m) = new["metadata"].as_object_mut() {
-                m.remove("namespace");
-            }
-            if name_of(&new).is_empty()
-                && let Some(g) = new["metadata"]["generateName"].as_str()
-            {
-                let suffix: String = {
-                    use rand::Rng;
-                    let mut rng = rand::rng();
-                    const CH: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-                    (0..5).map(|_| CH[rng.random_range(0..CH.len())] as char).collect()
-                };
-                new["metadata"]["name"] = json!(format!("{g}{suffix}"));
-            }
-            let meta = new["metadata"].as_object_mut().expect("metadata object");
-            meta.insert("uid".into(), json!(uid()));
-            meta.insert("creationTimestamp".into(), json!(ts));
-            for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
-                meta.remove(k);
-            }
-            if def.status_subresource && def.plural != "customresourcedefinitions" && def.plural != "namespaces" {
-                new.as_object_mut().map(|m| m.remove("status"));
-            }
-        }
+        None => complete_created(ctx, &mut new, &ts),
     }
     let name = name_of(&new).to_string();
-    let mut causes: Vec<Cause> = validate_name(def, &name).into_iter().collect();
-    if !causes.is_empty() {
-        return Err(ApiError::invalid(def, &name, causes));
-    }
-    // kind-specific defaulting / validation
-    kind_specific(def, old, &mut new, &ts, &mut causes);
-    if let Some(schema) = ctx.schema() {
-        let (pruned, mut c) = schema::process(&mut new, &schema, old);
-        causes.append(&mut c);
-        if ctx.q("fieldValidation") == Some("Strict") && !pruned.is_empty() {
-            let msgs: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
-            return Err(ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                def.kind,
-                ctx.version,
-                def.kind,
-                msgs.join(", ")
-            )));
-        }
-        // the default (Warn): unknown fields are dropped with a warning
-        if ctx.q("fieldValidation").is_none_or(|v| v == "Warn") {
-            ctx.warnings.borrow_mut().extend(pruned.iter().map(|p| format!("unknown field \"{p}\"")));
-        }
-    }
-    if !causes.is_empty() {
-        return Err(ApiError::invalid(def, &name, causes));
-    }
+    validate_write(ctx, old, &mut new, &name, &ts)?;
     if def.generation {
-        let g = match old {
-            None => 1,
-            Some(o) => {
-                let g = o["metadata"]["generation"].as_i64().unwrap_or(1);
-                if spec_part(o, def.status_subresource) != spec_part(&new, def.status_subresource) { g + 1 } else { g }
-            }
-        };
-        new["metadata"]["generation"] = json!(g);
+        new["metadata"]["generation"] = json!(next_generation(def, old, &new));
     }
     if let Track::Update = track {
         let scope = if sub == "status" {
@@ -399,6 +286,158 @@ pub fn commit(
     {
         return Ok(o.clone());
     }
+    store_write(st, ctx, old, new, &name)
+}
+
+/// Status subresource isolation: a write to `status` changes only the status, a write to the
+/// object leaves the status as it was.
+fn isolate_status(def: &ResourceDef, old: &Value, new: &mut Value, sub: &str) {
+    if sub == "status" {
+        let status = new.get("status").cloned();
+        let mut merged = old.clone();
+        merged["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
+        match status {
+            Some(s) => merged["status"] = s,
+            None => {
+                merged.as_object_mut().map(|m| m.remove("status"));
+            }
+        }
+        *new = merged;
+    } else if def.status_subresource {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                new.as_object_mut().map(|m| m.remove("status"));
+            }
+        }
+    }
+}
+
+/// The metadata only the server sets, or that is immutable, stays as stored.
+fn keep_server_metadata(old: &Value, new: &mut Value) {
+    let meta = new["metadata"].as_object_mut().expect("metadata object");
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "name",
+        "namespace",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
+        match old["metadata"].get(k) {
+            Some(v) => {
+                meta.insert(k.into(), v.clone());
+            }
+            None => {
+                meta.remove(k);
+            }
+        }
+    }
+    meta.remove("generateName");
+    if let Some(g) = old["metadata"].get("generateName") {
+        meta.insert("generateName".into(), g.clone());
+    }
+}
+
+fn check_no_finalizer_added_while_deleting(def: &ResourceDef, old: &Value, new: &Value) -> ApiResult<()> {
+    if !old["metadata"]["deletionTimestamp"].is_string() {
+        return Ok(());
+    }
+    let old_f = old["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    let new_f = new["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    if new_f.iter().any(|f| !old_f.contains(f)) {
+        return Err(ApiError::invalid(
+            def,
+            name_of(old),
+            vec![Cause {
+                reason: "FieldValueForbidden",
+                message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
+                field: "metadata.finalizers".into(),
+            }],
+        ));
+    }
+    Ok(())
+}
+
+/// What the server fills in on create: namespace, a name from `generateName`, uid and
+/// creationTimestamp; what a client may not set on create is dropped.
+fn complete_created(ctx: &Ctx, new: &mut Value, ts: &str) {
+    let def = &ctx.def;
+    if def.namespaced {
+        new["metadata"]["namespace"] = json!(ctx.ns);
+    } else if let Some(m) = new["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    if name_of(new).is_empty()
+        && let Some(g) = new["metadata"]["generateName"].as_str()
+    {
+        let suffix: String = {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            const CH: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            (0..5).map(|_| CH[rng.random_range(0..CH.len())] as char).collect()
+        };
+        new["metadata"]["name"] = json!(format!("{g}{suffix}"));
+    }
+    let meta = new["metadata"].as_object_mut().expect("metadata object");
+    meta.insert("uid".into(), json!(uid()));
+    meta.insert("creationTimestamp".into(), json!(ts));
+    for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
+        meta.remove(k);
+    }
+    if def.status_subresource && def.plural != "customresourcedefinitions" && def.plural != "namespaces" {
+        new.as_object_mut().map(|m| m.remove("status"));
+    }
+}
+
+/// The name, the kind's own rules, and for custom resources pruning, defaulting and the schema,
+/// with `fieldValidation` deciding what unknown fields cause.
+fn validate_write(ctx: &Ctx, old: Option<&Value>, new: &mut Value, name: &str, ts: &str) -> ApiResult<()> {
+    let def = &ctx.def;
+    let mut causes: Vec<Cause> = validate_name(def, name).into_iter().collect();
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(def, name, causes));
+    }
+    kind_specific(def, old, new, ts, &mut causes);
+    if let Some(schema) = ctx.schema() {
+        let (pruned, mut c) = schema::process(new, &schema, old);
+        causes.append(&mut c);
+        if ctx.q("fieldValidation") == Some("Strict") && !pruned.is_empty() {
+            let msgs: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+            return Err(ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                def.kind,
+                ctx.version,
+                def.kind,
+                msgs.join(", ")
+            )));
+        }
+        // the default (Warn): unknown fields are dropped with a warning
+        if ctx.q("fieldValidation").is_none_or(|v| v == "Warn") {
+            ctx.warnings.borrow_mut().extend(pruned.iter().map(|p| format!("unknown field \"{p}\"")));
+        }
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(def, name, causes));
+    }
+    Ok(())
+}
+
+/// 1 on create; bumped when anything but metadata (and status, if a subresource) changed.
+fn next_generation(def: &ResourceDef, old: Option<&Value>, new: &Value) -> i64 {
+    match old {
+        None => 1,
+        Some(o) => {
+            let g = o["metadata"]["generation"].as_i64().unwrap_or(1);
+            if spec_part(o, def.status_subresource) != spec_part(new, def.status_subresource) { g + 1 } else { g }
+        }
+    }
+}
+
+/// Persists a validated write (or, on dry run, returns what would be stored).
+fn store_write(st: &mut Store, ctx: &Ctx, old: Option<&Value>, mut new: Value, name: &str) -> ApiResult<Value> {
+    let def = &ctx.def;
     let res = def.key();
     let ns = new["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
     // the last finalizer removed from an object being deleted: it goes
@@ -409,7 +448,7 @@ pub fn commit(
         if ctx.dry_run() {
             return Ok(new);
         }
-        let removed = st.remove(&res, &ns, &name).unwrap_or(new);
+        let removed = st.remove(&res, &ns, name).unwrap_or(new);
         after_remove(st, def, &ns);
         collect_garbage(st, &removed);
         return Ok(removed);
@@ -899,7 +938,54 @@ fn success_status(def: &ResourceDef, obj: &Value) -> Value {
 pub fn delete(st: &mut Store, ctx: &Ctx, name: &str, options: &Value) -> ApiResult<(u16, Value)> {
     let res = ctx.def.key();
     let current = st.get(&res, &ctx.ns, name).cloned().ok_or_else(|| ApiError::not_found(&ctx.def, name))?;
-    let pre = &options["preconditions"];
+    check_delete_preconditions(ctx, name, &current, &options["preconditions"])?;
+    let dry = ctx.dry_run();
+    if current["metadata"]["deletionTimestamp"].is_string() {
+        return Ok((200, present(&current, &ctx.def, &ctx.version)));
+    }
+    if ctx.def.plural == "namespaces" && ctx.def.group.is_empty() {
+        if dry {
+            return Ok((200, present(&current, &ctx.def, &ctx.version)));
+        }
+        let ns = terminate_namespace(st, &res, &current, name);
+        return Ok((200, present(&ns, &ctx.def, &ctx.version)));
+    }
+    if let Some(mut o) = held_by_finalizers(&current, options) {
+        if dry {
+            return Ok((200, present(&o, &ctx.def, &ctx.version)));
+        }
+        let rv = st.next_rv();
+        o["metadata"]["resourceVersion"] = json!(rv.to_string());
+        st.put(&res, o.clone());
+        return Ok((200, present(&o, &ctx.def, &ctx.version)));
+    }
+    if dry {
+        return Ok((200, present(&current, &ctx.def, &ctx.version)));
+    }
+    let removed = st.remove(&res, &ctx.ns, name).unwrap_or(current);
+    let orphan = options["propagationPolicy"].as_str() == Some("Orphan") || options["orphanDependents"] == json!(true);
+    if orphan {
+        orphan_dependents(st, &removed);
+    } else {
+        collect_garbage(st, &removed);
+    }
+    if ctx.def.group == "apiextensions.k8s.io"
+        && ctx.def.plural == "customresourcedefinitions"
+        && let Ok(d) = registry::from_crd(&removed)
+    {
+        st.drop_resource(&d.key());
+        st.custom.remove(&d.key());
+    }
+    after_remove(st, &ctx.def, &ctx.ns);
+    if ctx.def.builtin && ctx.def.plural != "customresourcedefinitions" {
+        Ok((200, success_status(&ctx.def, &removed)))
+    } else {
+        Ok((200, present(&removed, &ctx.def, &ctx.version)))
+    }
+}
+
+/// `preconditions.resourceVersion` and `preconditions.uid` of DeleteOptions.
+fn check_delete_preconditions(ctx: &Ctx, name: &str, current: &Value, pre: &Value) -> ApiResult<()> {
     if let Some(rv) = pre["resourceVersion"].as_str()
         && rv != current["metadata"]["resourceVersion"].as_str().unwrap_or_default()
     {
@@ -928,94 +1014,66 @@ pub fn delete(st: &mut Store, ctx: &Ctx, name: &str, options: &Value) -> ApiResu
             vec![],
         ));
     }
-    let dry = ctx.dry_run();
-    if current["metadata"]["deletionTimestamp"].is_string() {
-        return Ok((200, present(&current, &ctx.def, &ctx.version)));
-    }
-    if ctx.def.plural == "namespaces" && ctx.def.group.is_empty() {
-        if dry {
-            return Ok((200, present(&current, &ctx.def, &ctx.version)));
-        }
-        let mut ns = current.clone();
-        ns["metadata"]["deletionTimestamp"] = json!(now());
-        ns["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        ns["status"]["phase"] = json!("Terminating");
-        let rv = st.next_rv();
-        ns["metadata"]["resourceVersion"] = json!(rv.to_string());
-        st.put(&res, ns.clone());
-        // the namespace controller: delete everything in it
-        for rk in st.resources_with_objects_in(name) {
-            let names: Vec<String> = st.list(&rk, Some(name)).iter().map(|o| name_of(o).to_string()).collect();
-            for n in names {
-                let Some(obj) = st.get(&rk, name, &n).cloned() else { continue };
-                if obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
-                    if !obj["metadata"]["deletionTimestamp"].is_string() {
-                        let mut o = obj;
-                        mark_for_deletion(&mut o);
-                        let rv = st.next_rv();
-                        o["metadata"]["resourceVersion"] = json!(rv.to_string());
-                        st.put(&rk, o);
-                    }
-                } else {
-                    st.remove(&rk, name, &n);
+    Ok(())
+}
+
+/// Marks the namespace Terminating and does the namespace controller's work at once: what is in
+/// it is deleted (or marked, when finalizers hold it), and the namespace goes when nothing is
+/// left. Returns the namespace as marked.
+fn terminate_namespace(st: &mut Store, res: &ResKey, current: &Value, name: &str) -> Value {
+    let mut ns = current.clone();
+    ns["metadata"]["deletionTimestamp"] = json!(now());
+    ns["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    ns["status"]["phase"] = json!("Terminating");
+    let rv = st.next_rv();
+    ns["metadata"]["resourceVersion"] = json!(rv.to_string());
+    st.put(res, ns.clone());
+    for rk in st.resources_with_objects_in(name) {
+        let names: Vec<String> = st.list(&rk, Some(name)).iter().map(|o| name_of(o).to_string()).collect();
+        for n in names {
+            let Some(obj) = st.get(&rk, name, &n).cloned() else { continue };
+            if obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
+                if !obj["metadata"]["deletionTimestamp"].is_string() {
+                    let mut o = obj;
+                    mark_for_deletion(&mut o);
+                    let rv = st.next_rv();
+                    o["metadata"]["resourceVersion"] = json!(rv.to_string());
+                    st.put(&rk, o);
                 }
+            } else {
+                st.remove(&rk, name, &n);
             }
         }
-        if st.resources_with_objects_in(name).is_empty() {
-            st.remove(&res, "", name);
-        }
-        return Ok((200, present(&ns, &ctx.def, &ctx.version)));
     }
+    if st.resources_with_objects_in(name).is_empty() {
+        st.remove(res, "", name);
+    }
+    ns
+}
+
+/// The object marked for deletion when finalizers keep it (after Foreground deletion, which
+/// completes at once, added and removed its own); None when it can be removed now.
+fn held_by_finalizers(current: &Value, options: &Value) -> Option<Value> {
     let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
     let orphan_or_fg = options["propagationPolicy"].as_str() == Some("Foreground");
-    if has_finalizers || orphan_or_fg {
-        let mut o = current.clone();
-        mark_for_deletion(&mut o);
-        if orphan_or_fg {
-            let mut f = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
-            if !f.contains(&json!("foregroundDeletion")) {
-                f.push(json!("foregroundDeletion"));
-            }
-            // nothing owns dependents here: foreground deletion completes at once
-            f.retain(|x| x != "foregroundDeletion");
-            o["metadata"]["finalizers"] = json!(f);
-            if f.is_empty() {
-                o["metadata"].as_object_mut().map(|m| m.remove("finalizers"));
-            }
+    if !(has_finalizers || orphan_or_fg) {
+        return None;
+    }
+    let mut o = current.clone();
+    mark_for_deletion(&mut o);
+    if orphan_or_fg {
+        let mut f = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        if !f.contains(&json!("foregroundDeletion")) {
+            f.push(json!("foregroundDeletion"));
         }
-        if o["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
-            if dry {
-                return Ok((200, present(&o, &ctx.def, &ctx.version)));
-            }
-            let rv = st.next_rv();
-            o["metadata"]["resourceVersion"] = json!(rv.to_string());
-            st.put(&res, o.clone());
-            return Ok((200, present(&o, &ctx.def, &ctx.version)));
+        // nothing owns dependents here: foreground deletion completes at once
+        f.retain(|x| x != "foregroundDeletion");
+        o["metadata"]["finalizers"] = json!(f);
+        if f.is_empty() {
+            o["metadata"].as_object_mut().map(|m| m.remove("finalizers"));
         }
     }
-    if dry {
-        return Ok((200, present(&current, &ctx.def, &ctx.version)));
-    }
-    let removed = st.remove(&res, &ctx.ns, name).unwrap_or(current);
-    let orphan = options["propagationPolicy"].as_str() == Some("Orphan") || options["orphanDependents"] == json!(true);
-    if orphan {
-        orphan_dependents(st, &removed);
-    } else {
-        collect_garbage(st, &removed);
-    }
-    if ctx.def.group == "apiextensions.k8s.io"
-        && ctx.def.plural == "customresourcedefinitions"
-        && let Ok(d) = registry::from_crd(&removed)
-    {
-        st.drop_resource(&d.key());
-        st.custom.remove(&d.key());
-    }
-    after_remove(st, &ctx.def, &ctx.ns);
-    if ctx.def.builtin && ctx.def.plural != "customresourcedefinitions" {
-        Ok((200, success_status(&ctx.def, &removed)))
-    } else {
-        Ok((200, present(&removed, &ctx.def, &ctx.version)))
-    }
+    o["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()).then_some(o)
 }
 
 /// DELETE on a collection: deletes what the selectors match; returns the list of them.

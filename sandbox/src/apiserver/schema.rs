@@ -3,8 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use super::cause::Cause;
 use super::cel;
-use super::error::Cause;
 
 fn preserves(schema: &Value) -> bool {
     schema.get("x-kubernetes-preserve-unknown-fields").and_then(|v| v.as_bool()) == Some(true)
@@ -144,39 +144,8 @@ pub fn validate(v: &Value, schema: &Value, path: &str, old: Option<&Value>, caus
         }
         return;
     }
-    let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(|b| b.as_bool()) == Some(true);
-    if let Some(t) = schema.get("type").and_then(|t| t.as_str()) {
-        let ok = match t {
-            "object" => v.is_object(),
-            "array" => v.is_array(),
-            "string" => v.is_string(),
-            "integer" => v.is_i64() || v.is_u64(),
-            "number" => v.is_number(),
-            "boolean" => v.is_boolean(),
-            _ => true,
-        };
-        if !ok {
-            causes.push(Cause {
-                reason: "FieldValueTypeInvalid",
-                message: format!(
-                    "Invalid value: \"{}\": {path} in body must be of type {t}: \"{}\"",
-                    type_name(v),
-                    type_name(v)
-                ),
-                field: path.into(),
-            });
-            return;
-        }
-    } else if int_or_string && !(v.is_string() || v.is_i64() || v.is_u64()) {
-        causes.push(Cause {
-            reason: "FieldValueTypeInvalid",
-            message: format!(
-                "Invalid value: \"{}\": {path} in body must be of type integer,string: \"{}\"",
-                type_name(v),
-                type_name(v)
-            ),
-            field: path.into(),
-        });
+    if let Some(cause) = type_mismatch(v, schema, path) {
+        causes.push(cause);
         return;
     }
     if let Some(e) = schema.get("enum").and_then(|e| e.as_array())
@@ -190,181 +159,246 @@ pub fn validate(v: &Value, schema: &Value, path: &str, old: Option<&Value>, caus
         });
     }
     match v {
-        Value::String(s) => {
-            let n = s.chars().count() as u64;
-            if let Some(min) = schema.get("minLength").and_then(|x| x.as_u64())
-                && n < min
-            {
-                causes.push(invalid(path, v, format!("{path} in body should be at least {min} chars long")));
-            }
-            if let Some(max) = schema.get("maxLength").and_then(|x| x.as_u64())
-                && n > max
-            {
-                causes.push(Cause {
-                    reason: "FieldValueTooLong",
-                    message: format!("Too long: may not be more than {max} bytes"),
-                    field: path.into(),
-                });
-            }
-            if let Some(p) = schema.get("pattern").and_then(|x| x.as_str()) {
-                match regex::Regex::new(p) {
-                    Ok(re) if !re.is_match(s) => {
-                        causes.push(invalid(path, v, format!("{path} in body should match '{p}'")));
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(f) = schema.get("format").and_then(|x| x.as_str()) {
-                let ok = match f {
-                    "date-time" => s.parse::<jiff::Timestamp>().is_ok(),
-                    "date" => s.parse::<jiff::civil::Date>().is_ok(),
-                    "uuid" => uuid::Uuid::parse_str(s).is_ok(),
-                    _ => true,
-                };
-                if !ok {
-                    causes.push(invalid(path, v, format!("{path} in body must be of type {f}: {s:?}")));
-                }
-            }
-        }
-        Value::Number(n) => {
-            let x = n.as_f64().unwrap_or(0.0);
-            if let Some(min) = schema.get("minimum").and_then(|m| m.as_f64()) {
-                let excl = schema.get("exclusiveMinimum").and_then(|b| b.as_bool()) == Some(true);
-                if x < min || (excl && x == min) {
-                    let rel = if excl { "greater than" } else { "greater than or equal to" };
-                    causes.push(invalid(path, v, format!("{path} in body should be {rel} {}", schema["minimum"])));
-                }
-            }
-            if let Some(max) = schema.get("maximum").and_then(|m| m.as_f64()) {
-                let excl = schema.get("exclusiveMaximum").and_then(|b| b.as_bool()) == Some(true);
-                if x > max || (excl && x == max) {
-                    let rel = if excl { "less than" } else { "less than or equal to" };
-                    causes.push(invalid(path, v, format!("{path} in body should be {rel} {}", schema["maximum"])));
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(min) = schema.get("minItems").and_then(|x| x.as_u64())
-                && (items.len() as u64) < min
-            {
-                causes.push(invalid(
-                    path,
-                    &Value::from(items.len()),
-                    format!("{path} in body should have at least {min} items"),
-                ));
-            }
-            if let Some(max) = schema.get("maxItems").and_then(|x| x.as_u64())
-                && (items.len() as u64) > max
-            {
-                causes.push(Cause {
-                    reason: "FieldValueTooMany",
-                    message: format!("Too many: {}: must have at most {max} items", items.len()),
-                    field: path.into(),
-                });
-            }
-            if let Some(is) = schema.get("items") {
-                for (i, it) in items.iter().enumerate() {
-                    validate(it, is, &format!("{path}[{i}]"), None, causes);
-                }
-            }
-            if schema.get("x-kubernetes-list-type").and_then(|t| t.as_str()) == Some("map") {
-                let keys: Vec<&str> = schema
-                    .get("x-kubernetes-list-map-keys")
-                    .and_then(|k| k.as_array())
-                    .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
-                    .unwrap_or_default();
-                let key_of = |it: &Value| -> Vec<Value> { keys.iter().map(|k| it[*k].clone()).collect() };
-                for (i, it) in items.iter().enumerate() {
-                    let k = key_of(it);
-                    if items[..i].iter().any(|o| key_of(o) == k) {
-                        let shown: Vec<String> = keys.iter().zip(&k).map(|(n, v)| format!("\"{n}\":{v}")).collect();
-                        causes.push(Cause {
-                            reason: "FieldValueDuplicate",
-                            message: format!("Duplicate value: map[string]interface {{}}{{{}}}", shown.join(", ")),
-                            field: format!("{path}[{i}]"),
-                        });
-                    }
-                }
-            }
-            if schema.get("x-kubernetes-list-type").and_then(|t| t.as_str()) == Some("set") {
-                for (i, it) in items.iter().enumerate() {
-                    if items[..i].contains(it) {
-                        causes.push(Cause {
-                            reason: "FieldValueDuplicate",
-                            message: format!("Duplicate value: {it}"),
-                            field: format!("{path}[{i}]"),
-                        });
-                    }
-                }
-            }
-        }
-        Value::Object(m) => {
-            if let Some(req) = schema.get("required").and_then(|r| r.as_array()) {
-                for r in req.iter().filter_map(|r| r.as_str()) {
-                    if !m.contains_key(r) {
-                        causes.push(Cause {
-                            reason: "FieldValueRequired",
-                            message: "Required value".into(),
-                            field: join(path, r),
-                        });
-                    }
-                }
-            }
-            let props = schema.get("properties").and_then(|p| p.as_object());
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-            for (k, cv) in m {
-                if path.is_empty() && (k == "metadata" || k == "apiVersion" || k == "kind") {
-                    continue;
-                }
-                let old_child = old.and_then(|o| o.get(k));
-                if let Some(ps) = props.and_then(|p| p.get(k)) {
-                    validate(cv, ps, &join(path, k), old_child, causes);
-                } else if let Some(ap) = additional {
-                    validate(cv, ap, &format!("{path}[{k}]"), old_child, causes);
-                }
-            }
-        }
+        Value::String(s) => validate_string(v, s, schema, path, causes),
+        Value::Number(n) => validate_number(v, n, schema, path, causes),
+        Value::Array(items) => validate_array(items, schema, path, causes),
+        Value::Object(m) => validate_object(m, schema, path, old, causes),
         _ => {}
     }
     // CEL rules run on values that passed the structural checks
-    if causes.len() == before
-        && let Some(rules) = schema.get("x-kubernetes-validations").and_then(|r| r.as_array())
+    if causes.len() == before {
+        check_cel_rules(v, schema, path, old, causes);
+    }
+}
+
+/// A value of another type than `type` (or `x-kubernetes-int-or-string`) asks for.
+fn type_mismatch(v: &Value, schema: &Value, path: &str) -> Option<Cause> {
+    let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(|b| b.as_bool()) == Some(true);
+    if let Some(t) = schema.get("type").and_then(|t| t.as_str()) {
+        let ok = match t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            _ => true,
+        };
+        if !ok {
+            return Some(Cause {
+                reason: "FieldValueTypeInvalid",
+                message: format!(
+                    "Invalid value: \"{}\": {path} in body must be of type {t}: \"{}\"",
+                    type_name(v),
+                    type_name(v)
+                ),
+                field: path.into(),
+            });
+        }
+    } else if int_or_string && !(v.is_string() || v.is_i64() || v.is_u64()) {
+        return Some(Cause {
+            reason: "FieldValueTypeInvalid",
+            message: format!(
+                "Invalid value: \"{}\": {path} in body must be of type integer,string: \"{}\"",
+                type_name(v),
+                type_name(v)
+            ),
+            field: path.into(),
+        });
+    }
+    None
+}
+
+/// `minLength`, `maxLength`, `pattern` and `format`.
+fn validate_string(v: &Value, s: &str, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let n = s.chars().count() as u64;
+    if let Some(min) = schema.get("minLength").and_then(|x| x.as_u64())
+        && n < min
     {
-        for rule in rules {
-            let src = rule["rule"].as_str().unwrap_or_default();
-            let uses_old = src.contains("oldSelf");
-            if uses_old && old.is_none() {
-                continue;
+        causes.push(invalid(path, v, format!("{path} in body should be at least {min} chars long")));
+    }
+    if let Some(max) = schema.get("maxLength").and_then(|x| x.as_u64())
+        && n > max
+    {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            message: format!("Too long: may not be more than {max} bytes"),
+            field: path.into(),
+        });
+    }
+    if let Some(p) = schema.get("pattern").and_then(|x| x.as_str()) {
+        match regex::Regex::new(p) {
+            Ok(re) if !re.is_match(s) => {
+                causes.push(invalid(path, v, format!("{path} in body should match '{p}'")));
             }
-            let field = match rule["fieldPath"].as_str() {
-                Some(fp) => format!("{path}{fp}"),
-                None => path.to_string(),
-            };
-            let msg = rule["messageExpression"]
-                .as_str()
-                .and_then(|e| cel::compile(e).and_then(|p| p.eval(v, old)).ok())
-                .and_then(|m| m.as_str().map(String::from))
-                .or_else(|| rule["message"].as_str().map(String::from))
-                .unwrap_or_else(|| format!("failed rule: {src}"));
-            let reason = match rule["reason"].as_str() {
-                Some("FieldValueRequired") => "FieldValueRequired",
-                Some("FieldValueDuplicate") => "FieldValueDuplicate",
-                Some("FieldValueForbidden") => "FieldValueForbidden",
-                _ => "FieldValueInvalid",
-            };
-            let result = cel::compile(src).and_then(|p| p.eval(v, old));
-            match result {
-                Ok(Value::Bool(true)) => {}
-                Ok(Value::Bool(false)) => {
-                    causes.push(Cause { reason, message: format!("Invalid value: \"{}\": {msg}", type_name(v)), field })
-                }
-                Ok(other) => causes.push(invalid(&field, v, format!("rule did not evaluate to a bool: {other}"))),
-                Err(e) => causes.push(Cause {
-                    reason: "FieldValueInvalid",
-                    message: format!("Invalid value: \"{}\": {e} evaluating rule: {src}", type_name(v)),
-                    field,
-                }),
+            _ => {}
+        }
+    }
+    if let Some(f) = schema.get("format").and_then(|x| x.as_str()) {
+        let ok = match f {
+            "date-time" => s.parse::<jiff::Timestamp>().is_ok(),
+            "date" => s.parse::<jiff::civil::Date>().is_ok(),
+            "uuid" => uuid::Uuid::parse_str(s).is_ok(),
+            _ => true,
+        };
+        if !ok {
+            causes.push(invalid(path, v, format!("{path} in body must be of type {f}: {s:?}")));
+        }
+    }
+}
+
+/// `minimum` and `maximum`, with their `exclusive` flags.
+fn validate_number(v: &Value, n: &serde_json::Number, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let x = n.as_f64().unwrap_or(0.0);
+    if let Some(min) = schema.get("minimum").and_then(|m| m.as_f64()) {
+        let excl = schema.get("exclusiveMinimum").and_then(|b| b.as_bool()) == Some(true);
+        if x < min || (excl && x == min) {
+            let rel = if excl { "greater than" } else { "greater than or equal to" };
+            causes.push(invalid(path, v, format!("{path} in body should be {rel} {}", schema["minimum"])));
+        }
+    }
+    if let Some(max) = schema.get("maximum").and_then(|m| m.as_f64()) {
+        let excl = schema.get("exclusiveMaximum").and_then(|b| b.as_bool()) == Some(true);
+        if x > max || (excl && x == max) {
+            let rel = if excl { "less than" } else { "less than or equal to" };
+            causes.push(invalid(path, v, format!("{path} in body should be {rel} {}", schema["maximum"])));
+        }
+    }
+}
+
+/// `minItems`, `maxItems`, the items themselves, and the uniqueness `x-kubernetes-list-type`
+/// `map` and `set` demand.
+fn validate_array(items: &[Value], schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    if let Some(min) = schema.get("minItems").and_then(|x| x.as_u64())
+        && (items.len() as u64) < min
+    {
+        causes.push(invalid(
+            path,
+            &Value::from(items.len()),
+            format!("{path} in body should have at least {min} items"),
+        ));
+    }
+    if let Some(max) = schema.get("maxItems").and_then(|x| x.as_u64())
+        && (items.len() as u64) > max
+    {
+        causes.push(Cause {
+            reason: "FieldValueTooMany",
+            message: format!("Too many: {}: must have at most {max} items", items.len()),
+            field: path.into(),
+        });
+    }
+    if let Some(is) = schema.get("items") {
+        for (i, it) in items.iter().enumerate() {
+            validate(it, is, &format!("{path}[{i}]"), None, causes);
+        }
+    }
+    match schema.get("x-kubernetes-list-type").and_then(|t| t.as_str()) {
+        Some("map") => check_map_keys_unique(items, schema, path, causes),
+        Some("set") => check_set_unique(items, path, causes),
+        _ => {}
+    }
+}
+
+fn check_map_keys_unique(items: &[Value], schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let keys: Vec<&str> = schema
+        .get("x-kubernetes-list-map-keys")
+        .and_then(|k| k.as_array())
+        .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
+        .unwrap_or_default();
+    let key_of = |it: &Value| -> Vec<Value> { keys.iter().map(|k| it[*k].clone()).collect() };
+    for (i, it) in items.iter().enumerate() {
+        let k = key_of(it);
+        if items[..i].iter().any(|o| key_of(o) == k) {
+            let shown: Vec<String> = keys.iter().zip(&k).map(|(n, v)| format!("\"{n}\":{v}")).collect();
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                message: format!("Duplicate value: map[string]interface {{}}{{{}}}", shown.join(", ")),
+                field: format!("{path}[{i}]"),
+            });
+        }
+    }
+}
+
+fn check_set_unique(items: &[Value], path: &str, causes: &mut Vec<Cause>) {
+    for (i, it) in items.iter().enumerate() {
+        if items[..i].contains(it) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                message: format!("Duplicate value: {it}"),
+                field: format!("{path}[{i}]"),
+            });
+        }
+    }
+}
+
+/// `required`, then each property against its schema (or `additionalProperties`).
+fn validate_object(m: &Map<String, Value>, schema: &Value, path: &str, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    if let Some(req) = schema.get("required").and_then(|r| r.as_array()) {
+        for r in req.iter().filter_map(|r| r.as_str()) {
+            if !m.contains_key(r) {
+                causes.push(Cause {
+                    reason: "FieldValueRequired",
+                    message: "Required value".into(),
+                    field: join(path, r),
+                });
             }
+        }
+    }
+    let props = schema.get("properties").and_then(|p| p.as_object());
+    let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+    for (k, cv) in m {
+        if path.is_empty() && (k == "metadata" || k == "apiVersion" || k == "kind") {
+            continue;
+        }
+        let old_child = old.and_then(|o| o.get(k));
+        if let Some(ps) = props.and_then(|p| p.get(k)) {
+            validate(cv, ps, &join(path, k), old_child, causes);
+        } else if let Some(ap) = additional {
+            validate(cv, ap, &format!("{path}[{k}]"), old_child, causes);
+        }
+    }
+}
+
+/// The `x-kubernetes-validations` rules of `schema`; transition rules (those using `oldSelf`) only
+/// when there is an old value.
+fn check_cel_rules(v: &Value, schema: &Value, path: &str, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let Some(rules) = schema.get("x-kubernetes-validations").and_then(|r| r.as_array()) else {
+        return;
+    };
+    for rule in rules {
+        let src = rule["rule"].as_str().unwrap_or_default();
+        let uses_old = src.contains("oldSelf");
+        if uses_old && old.is_none() {
+            continue;
+        }
+        let field = match rule["fieldPath"].as_str() {
+            Some(fp) => format!("{path}{fp}"),
+            None => path.to_string(),
+        };
+        let msg = rule["messageExpression"]
+            .as_str()
+            .and_then(|e| cel::compile(e).and_then(|p| p.eval(v, old)).ok())
+            .and_then(|m| m.as_str().map(String::from))
+            .or_else(|| rule["message"].as_str().map(String::from))
+            .unwrap_or_else(|| format!("failed rule: {src}"));
+        let reason = match rule["reason"].as_str() {
+            Some("FieldValueRequired") => "FieldValueRequired",
+            Some("FieldValueDuplicate") => "FieldValueDuplicate",
+            Some("FieldValueForbidden") => "FieldValueForbidden",
+            _ => "FieldValueInvalid",
+        };
+        let result = cel::compile(src).and_then(|p| p.eval(v, old));
+        match result {
+            Ok(Value::Bool(true)) => {}
+            Ok(Value::Bool(false)) => {
+                causes.push(Cause { reason, message: format!("Invalid value: \"{}\": {msg}", type_name(v)), field })
+            }
+            Ok(other) => causes.push(invalid(&field, v, format!("rule did not evaluate to a bool: {other}"))),
+            Err(e) => causes.push(Cause {
+                reason: "FieldValueInvalid",
+                message: format!("Invalid value: \"{}\": {e} evaluating rule: {src}", type_name(v)),
+                field,
+            }),
         }
     }
 }

@@ -9,6 +9,11 @@
 //! Lifetime: [`Emulator`] is a cheap handle. The server stops when [`Emulator::shutdown`] is
 //! called, or when the last clone of the handle is dropped (graceful; in-flight requests finish).
 //!
+//! Layout: `http` routes requests and answers them, `token` serves the Entra token endpoints and
+//! verifies the JWTs they issue, `store` keeps the indicators, `odata` parses and evaluates
+//! `$filter`, `query` applies the other OData query options and pages lists, `ratelimit` counts
+//! calls per `endpoint`, `faults` injects failures on demand, `config` describes tenants and apps.
+//!
 //! Choices where Defender's behaviour is undocumented:
 //! - Tokens: HS256 with a random per-emulator key; v1-style claims (`ver` 1.0, `appid`) from both
 //!   endpoints; `roles` only when the app has roles and the resource is WindowsDefenderATP (tokens
@@ -46,9 +51,11 @@
 //!   [`Emulator::set_machines`]); alerts: one fake alert (`evidence` only with `$expand=evidence`).
 
 mod config;
+mod endpoint;
 mod faults;
 mod http;
 mod odata;
+mod query;
 mod ratelimit;
 mod store;
 mod token;
@@ -75,8 +82,9 @@ pub enum Cloud {
 }
 
 pub use config::{AppConfig, AppSecret, EmulatorConfig, EmulatorLimits, TenantConfig, sandbox_values};
+pub use endpoint::Endpoint;
 pub use faults::Faults;
-pub use http::{CallRecord, Endpoint};
+pub use http::CallRecord;
 pub use token::{MDE_APP_ID, MTP_APP_ID};
 
 use http::Shared;
