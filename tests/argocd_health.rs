@@ -6,40 +6,15 @@
 
 mod common;
 
-use defender_operator::api::ProbeFinding;
 use defender_operator::api::conditions::{READY, find};
+use defender_operator::api::reason::terminal_reasons;
+use defender_operator::api::{FindingReason, PartnerReason, ProbeFinding};
 use mlua::{Lua, Table};
 use serde_json::{Value, json};
 
 const PARTNER_LUA: &str = include_str!("../deploy/argocd/health-defenderpartner.lua");
 const FINDING_LUA: &str = include_str!("../deploy/argocd/health-probefinding.lua");
 const ARGOCD_CM: &str = include_str!("../deploy/argocd/argocd-cm.yaml");
-
-const TERMINAL: [&str; 23] = [
-    "InvalidSpec",
-    "SecretNotFound",
-    "SecretKeyMissing",
-    "SecretKeyInvalid",
-    "InvalidSecret",
-    "SecretExpired",
-    "CredentialMissing",
-    "AppNotFound",
-    "AppDisabled",
-    "TenantNotFound",
-    "TenantInvalid",
-    "WrongCloud",
-    "DefenderNotProvisioned",
-    "ConfigError",
-    "Blocked",
-    "TokenMismatch",
-    "MissingPermission",
-    "DisabledFeature",
-    "ApiHostNotAllowed",
-    "InvalidFinding",
-    "PartnerNotFound",
-    "DeliveryFailed",
-    "QuotaExceeded",
-];
 
 const TRANSIENT: [&str; 9] = [
     "Throttled",
@@ -162,7 +137,7 @@ fn an_attached_partner_is_healthy() {
 
 #[test]
 fn every_terminal_reason_is_degraded_and_every_other_reason_progressing() {
-    for reason in TERMINAL {
+    for reason in terminal_reasons() {
         let (status, message) = health(PARTNER_LUA, &partner_with(2, 2, ready("False", reason, "what to fix", 2)));
         assert_eq!(status, "Degraded", "partner {reason}");
         assert_eq!(message, format!("Not ready ({reason}): what to fix"));
@@ -172,7 +147,12 @@ fn every_terminal_reason_is_degraded_and_every_other_reason_progressing() {
             "finding {reason}"
         );
     }
-    for reason in TRANSIENT {
+    // Every reason the operator knows that is not terminal (but Suspended, its own status) waits.
+    let partner_reasons = PartnerReason::ALL.iter().filter(|r| !r.is_terminal() && **r != PartnerReason::Suspended);
+    let known = partner_reasons
+        .map(|r| r.as_str())
+        .chain(FindingReason::ALL.iter().filter(|r| !r.is_terminal()).map(|r| r.as_str()));
+    for reason in TRANSIENT.into_iter().chain(known) {
         let (status, message) = health(PARTNER_LUA, &partner_with(2, 2, ready("False", reason, "retrying", 2)));
         assert_eq!(status, "Progressing", "partner {reason}");
         assert!(message.contains(reason), "{message}");
@@ -274,11 +254,12 @@ async fn objects_written_by_the_operator_get_the_expected_health() {
     assert!(message.starts_with("Ready (Expired): "), "{message}");
 }
 
-/// The Argo CD scripts and the Flux CEL checks name the same terminal reasons.
+/// The Argo CD scripts and the Flux CEL checks name exactly the operator's terminal reasons: none
+/// missing, none that no longer exists.
 #[test]
 fn argo_cd_and_flux_agree_on_the_terminal_reasons() {
     use std::collections::BTreeSet;
-    let expected: BTreeSet<&str> = TERMINAL.into_iter().collect();
+    let expected: BTreeSet<&str> = terminal_reasons().into_iter().collect();
     for script in [PARTNER_LUA, FINDING_LUA] {
         let table = &script[script.find("local terminal = {").unwrap()..];
         let table = &table[..table.find('}').unwrap()];

@@ -261,7 +261,7 @@ mod token {
             retry in prop::option::of(0u64..10_000),
         ) {
             let e = classify_token_error(status, &body, retry.map(Duration::from_secs), "s3cr3t-value-never-shown");
-            prop_assert!(REASONS.contains(&e.reason()), "{}", e.reason());
+            prop_assert!(REASONS.contains(&e.reason().as_str()), "{}", e.reason());
             if status == 429 {
                 prop_assert_eq!(e.reason(), "Throttled");
                 prop_assert_eq!(e.retry_after(), Some(retry.map_or(Duration::from_secs(5), Duration::from_secs)));
@@ -399,7 +399,7 @@ mod token {
     fn table_is_total_for_known_codes() {
         for code in KNOWN_CODES {
             let (reason, _) = reason_for_aadsts(*code).expect("known code");
-            assert!(REASONS.contains(&reason), "{code}: {reason}");
+            assert!(REASONS.contains(&reason.as_str()), "{code}: {reason}");
         }
     }
 }
@@ -1266,7 +1266,7 @@ mod odata {
             let result = result.map_err(|_| TestCaseError::fail("list_indicators did not end"))?;
             if let Err(e) = result {
                 prop_assert!(
-                    ["ProtocolError", "DefenderError", "ApiHostNotAllowed"].contains(&e.reason()),
+                    ["ProtocolError", "DefenderError", "ApiHostNotAllowed"].contains(&e.reason().as_str()),
                     "{}: {}", e.reason(), e
                 );
             }

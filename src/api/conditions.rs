@@ -3,6 +3,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
+use super::reason::Reason;
+
 pub const READY: &str = "Ready";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 pub const PERMISSIONS_GRANTED: &str = "PermissionsGranted";
@@ -15,17 +17,17 @@ pub struct Verdict {
     pub status: bool,
     /// Not checked (status `Unknown`); `status` is then false.
     pub unknown: bool,
-    pub reason: String,
+    pub reason: &'static str,
     pub message: String,
 }
 
 impl Verdict {
-    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status, unknown: false, reason: reason.into(), message: message.into() }
+    pub fn new(type_: &'static str, status: bool, reason: impl Reason, message: impl Into<String>) -> Self {
+        Self { type_, status, unknown: false, reason: reason.as_str(), message: message.into() }
     }
 
     /// A condition that could not be checked (e.g. permissions without a valid token).
-    pub fn unknown(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn unknown(type_: &'static str, reason: impl Reason, message: impl Into<String>) -> Self {
         Self { unknown: true, ..Self::new(type_, false, reason, message) }
     }
 }
@@ -50,7 +52,7 @@ pub fn merge(existing: &[Condition], verdicts: &[Verdict], generation: Option<i6
             Condition {
                 type_: verdict.type_.to_string(),
                 status,
-                reason: verdict.reason.clone(),
+                reason: verdict.reason.to_string(),
                 message: verdict.message.clone(),
                 observed_generation: generation,
                 last_transition_time,
@@ -85,6 +87,7 @@ pub fn schema(generator: &mut SchemaGenerator) -> Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::PartnerReason;
 
     fn at(seconds: i64) -> Time {
         Time(jiff::Timestamp::from_second(seconds).unwrap())
@@ -92,7 +95,7 @@ mod tests {
 
     #[test]
     fn new_condition_gets_now() {
-        let merged = merge(&[], &[Verdict::new(READY, true, "Attached", "ok")], Some(3), &at(100));
+        let merged = merge(&[], &[Verdict::new(READY, true, PartnerReason::Attached, "ok")], Some(3), &at(100));
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].status, "True");
         assert_eq!(merged[0].observed_generation, Some(3));
@@ -101,8 +104,8 @@ mod tests {
 
     #[test]
     fn unchanged_status_keeps_transition_time_even_if_reason_changes() {
-        let first = merge(&[], &[Verdict::new(READY, false, "InvalidSecret", "a")], Some(1), &at(100));
-        let second = merge(&first, &[Verdict::new(READY, false, "AppNotFound", "b")], Some(2), &at(200));
+        let first = merge(&[], &[Verdict::new(READY, false, PartnerReason::InvalidSecret, "a")], Some(1), &at(100));
+        let second = merge(&first, &[Verdict::new(READY, false, PartnerReason::AppNotFound, "b")], Some(2), &at(200));
         assert_eq!(second[0].last_transition_time, at(100));
         assert_eq!(second[0].reason, "AppNotFound");
         assert_eq!(second[0].observed_generation, Some(2));
@@ -110,23 +113,35 @@ mod tests {
 
     #[test]
     fn flipped_status_moves_transition_time() {
-        let first = merge(&[], &[Verdict::new(READY, false, "InvalidSecret", "a")], Some(1), &at(100));
-        let second = merge(&first, &[Verdict::new(READY, true, "Attached", "b")], Some(1), &at(200));
+        let first = merge(&[], &[Verdict::new(READY, false, PartnerReason::InvalidSecret, "a")], Some(1), &at(100));
+        let second = merge(&first, &[Verdict::new(READY, true, PartnerReason::Attached, "b")], Some(1), &at(200));
         assert_eq!(second[0].last_transition_time, at(200));
     }
 
     #[test]
     fn unknown_is_its_own_status() {
-        let unknown = merge(&[], &[Verdict::unknown(PERMISSIONS_GRANTED, "NotChecked", "no token")], Some(1), &at(100));
+        let unknown = merge(
+            &[],
+            &[Verdict::unknown(PERMISSIONS_GRANTED, PartnerReason::NotChecked, "no token")],
+            Some(1),
+            &at(100),
+        );
         assert_eq!(unknown[0].status, "Unknown");
-        let granted = merge(&unknown, &[Verdict::new(PERMISSIONS_GRANTED, true, "Granted", "ok")], Some(1), &at(200));
+        let granted = merge(
+            &unknown,
+            &[Verdict::new(PERMISSIONS_GRANTED, true, PartnerReason::Granted, "ok")],
+            Some(1),
+            &at(200),
+        );
         assert_eq!((granted[0].status.as_str(), granted[0].last_transition_time.0.as_second()), ("True", 200));
     }
 
     #[test]
     fn same_verdict_twice_is_identical() {
-        let verdicts =
-            [Verdict::new(READY, true, "Attached", "ok"), Verdict::new(CREDENTIALS_VALID, true, "Valid", "ok")];
+        let verdicts = [
+            Verdict::new(READY, true, PartnerReason::Attached, "ok"),
+            Verdict::new(CREDENTIALS_VALID, true, PartnerReason::Valid, "ok"),
+        ];
         let first = merge(&[], &verdicts, Some(1), &at(100));
         let second = merge(&first, &verdicts, Some(1), &at(500));
         assert_eq!(first, second);

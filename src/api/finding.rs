@@ -280,21 +280,24 @@ pub struct DeliveredIndicator {
     pub id: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum DeliveryState {
-    /// In Defender, created by this partner.
-    Submitted,
-    /// Waiting to be sent (or the partner is not attached yet).
-    Pending,
-    Failed,
-    /// Already in Defender under another owner; left untouched.
-    External,
-    /// Nothing to deliver (the test was not UNPROTECTED).
-    Skipped,
-    /// The finding is past its expiry: done, its indicators are not pushed again.
-    Expired,
-    /// Withdrawn from Defender.
-    Withdrawn,
+crate::api::reason::reasons! {
+    /// A finding's delivery to one partner (`status.deliveries[].state`).
+    #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+    pub enum DeliveryState {
+        /// In Defender, created by this partner.
+        Submitted => Fine, "—";
+        /// Waiting to be sent (or the partner is not attached yet).
+        Pending => Retrying, "—";
+        Failed => Terminal, "Fix what the message names (the finding's value, or the partner's `expireAfter`).";
+        /// Already in Defender under another owner; left untouched.
+        External => Fine, "—";
+        /// Nothing to deliver (the test was not UNPROTECTED).
+        Skipped => Fine, "—";
+        /// The finding is past its expiry: done, its indicators are not pushed again.
+        Expired => Fine, "—";
+        /// Withdrawn from Defender.
+        Withdrawn => Fine, "—";
+    }
 }
 
 /// A finding's indicator after validation: canonical (lower-case for hex types).

@@ -4,6 +4,7 @@ pub mod conditions;
 pub mod duration;
 pub mod finding;
 pub mod partner;
+pub mod reason;
 
 pub use finding::{
     Delivery, DeliveryState, IndicatorSpec, IndicatorType, ProbeFinding, ProbeFindingSpec, ProbeFindingStatus,
@@ -13,6 +14,7 @@ pub use partner::{
     Cloud, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy, IndicatorAction, PartnerState,
     Severity,
 };
+pub use reason::{EventReason, FindingReason, Outlook, PartnerReason};
 
 pub const GROUP: &str = "detect.dev";
 /// Finalizer held by a partner until its indicators are withdrawn (or deliberately retained).

@@ -240,6 +240,15 @@ pub enum PartnerState {
     Detached,
 }
 
+impl PartnerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartnerState::Attached => "Attached",
+            PartnerState::Detached => "Detached",
+        }
+    }
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DefenderPartnerStatus {

@@ -2,15 +2,21 @@
 //! what to withdraw, what a finding's delivery says, and which conditions a partner shows.
 //! No IO here; everything is unit-tested directly.
 
+pub mod batching;
+pub mod partner;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 
-use crate::api::conditions::{CREDENTIALS_VALID, INDICATORS_SYNCED, PERMISSIONS_GRANTED, READY, Verdict};
+use crate::api::conditions::{INDICATORS_SYNCED, READY, Verdict};
 use crate::api::finding::{DeliveredIndicator, IndicatorKey};
 use crate::api::partner::IndicatorSettings;
-use crate::api::{DefenderPartner, Delivery, DeliveryState, IndicatorAction, PartnerState, ProbeFinding, TestState};
+use crate::api::{
+    DefenderPartner, Delivery, DeliveryState, FindingReason, IndicatorAction, PartnerReason, PartnerState,
+    ProbeFinding, TestState,
+};
 use crate::defender::{APPLICATION, NewIndicator};
 
 /// Does `partner` receive `finding`? Same namespace, `partnerRef` (if any) names it, and its
@@ -387,15 +393,14 @@ fn rfc3339(at: Timestamp) -> String {
 }
 
 /// Is the partner attached: validated, not suspended, not being deleted? Only attached partners
-/// hold a finding's `Ready` back (DESIGN.md).
+/// hold a finding's `Ready` back.
 pub fn attached(partner: &DefenderPartner) -> bool {
     !partner.spec.suspend
         && partner.metadata.deletion_timestamp.is_none()
         && partner.status.as_ref().is_some_and(|status| status.state == Some(PartnerState::Attached))
 }
 
-/// A finding's `Ready` condition from its deliveries, one per partner that selects it
-/// (DESIGN.md): True when every attached partner is done with it — holds its indicators
+/// A finding's `Ready` condition from its deliveries, one per partner that selects it: True when every attached partner is done with it — holds its indicators
 /// (`Submitted` or `External`), has nothing to push (`Skipped`), or saw them expire (`Expired`:
 /// an expected end, not a failure) — or when there is nothing to deliver; False with the first
 /// attached partner's reason while anything is pending or failed. The True reason is
@@ -407,10 +412,15 @@ pub fn attached(partner: &DefenderPartner) -> bool {
 /// all, when their deliveries decide instead: `Delivered` if they left its indicators in Defender,
 /// `Pending` with the first one's reason if nothing holds them.
 pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: impl Fn(&str) -> bool) -> Verdict {
-    let nothing_to_deliver = || Verdict::new(READY, true, "NothingToDeliver", nothing_to_push(finding));
+    let nothing_to_deliver = || Verdict::new(READY, true, FindingReason::NothingToDeliver, nothing_to_push(finding));
     if deliveries.is_empty() {
         return if finding.effective_state() == TestState::Unprotected {
-            Verdict::new(READY, false, "NoPartner", "no DefenderPartner in this namespace selects this finding")
+            Verdict::new(
+                READY,
+                false,
+                FindingReason::NoPartner,
+                "no DefenderPartner in this namespace selects this finding",
+            )
         } else {
             nothing_to_deliver()
         };
@@ -423,8 +433,8 @@ pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: 
     let deciding = if on.is_empty() { &off } else { &on };
     if let Some(first) = deciding.iter().find(|d| !delivered(d)) {
         let reason = match first.state {
-            DeliveryState::Failed => "DeliveryFailed",
-            _ => "Pending",
+            DeliveryState::Failed => FindingReason::DeliveryFailed,
+            _ => FindingReason::Pending,
         };
         let message = match &first.message {
             Some(message) => format!("partner {}: {message}", first.partner),
@@ -453,7 +463,7 @@ pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: 
             "this finding's indicators expired and are not pushed again; {}{not_waited_for}",
             details.join("; ")
         );
-        return Verdict::new(READY, true, "Expired", message);
+        return Verdict::new(READY, true, FindingReason::Expired, message);
     }
     // No partner is attached: the others decided, and left the indicators in Defender.
     let (holders, not_attached) = if on.is_empty() {
@@ -467,7 +477,7 @@ pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: 
         let names: Vec<&str> = expired.iter().map(|d| d.partner.as_str()).collect();
         message += &format!(" except where they expired and are not pushed again: {}", names.join(", "));
     }
-    Verdict::new(READY, true, "Delivered", message + &not_attached)
+    Verdict::new(READY, true, FindingReason::Delivered, message + &not_attached)
 }
 
 /// `Ready` of a finding whose `spec.partnerRef` names a partner that does not receive it: `named`
@@ -493,7 +503,7 @@ pub fn partner_ref_not_found(partner_ref: &str, named: Option<&DefenderPartner>)
             )
         }
     };
-    Verdict::new(READY, false, "PartnerNotFound", message)
+    Verdict::new(READY, false, FindingReason::PartnerNotFound, message)
 }
 
 /// Why a finding that did not run UNPROTECTED has nothing to push, in the API's words: an exit
@@ -530,76 +540,6 @@ pub fn delivered(delivery: &Delivery) -> bool {
     )
 }
 
-/// The outcome of one partner reconcile, before it becomes status.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Attachment {
-    Attached { granted: Vec<String>, missing_optional: Vec<String> },
-    Detached { reason: String, message: String, credentials_ok: bool, permissions_ok: Option<bool> },
-}
-
-/// Conditions for a partner from its attach verdict and the sync engine's report.
-pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (PartnerState, Vec<Verdict>) {
-    match verdict {
-        Attachment::Attached { missing_optional, .. } => {
-            let permissions_message = if missing_optional.is_empty() {
-                "all permissions granted".to_string()
-            } else {
-                format!("Ti write role granted; optional {} not granted", missing_optional.join(", "))
-            };
-            let synced = match sync {
-                Some(report) => report.verdict(),
-                None => Verdict::new(INDICATORS_SYNCED, false, "Starting", "the sync engine is reading Defender"),
-            };
-            // Attached but not working: the tenant is full and nothing more can be pushed until
-            // someone makes room. Throttling, outages and refused values are the findings' to tell.
-            let ready = if synced.reason == "QuotaExceeded" {
-                Verdict::new(READY, false, "QuotaExceeded", synced.message.clone())
-            } else {
-                Verdict::new(READY, true, "Attached", "credentials valid and Defender reachable")
-            };
-            (
-                PartnerState::Attached,
-                vec![
-                    ready,
-                    Verdict::new(
-                        CREDENTIALS_VALID,
-                        true,
-                        "Valid",
-                        "a token was issued for the configured tenant and app",
-                    ),
-                    Verdict::new(PERMISSIONS_GRANTED, true, "Granted", permissions_message),
-                    synced,
-                ],
-            )
-        }
-        Attachment::Detached { reason, message, credentials_ok, permissions_ok } => {
-            // Suspended, deleting or an unusable spec: the credentials were not even tried.
-            let unchecked = matches!(reason.as_str(), "Suspended" | "Deleting" | "InvalidSpec");
-            let credentials = if *credentials_ok {
-                Verdict::new(CREDENTIALS_VALID, true, "Valid", "a token was issued for the configured tenant and app")
-            } else if unchecked {
-                Verdict::unknown(CREDENTIALS_VALID, "NotChecked", format!("not checked: {message}"))
-            } else {
-                Verdict::new(CREDENTIALS_VALID, false, reason.clone(), message.clone())
-            };
-            let permissions = match permissions_ok {
-                Some(true) => Verdict::new(PERMISSIONS_GRANTED, true, "Granted", "Ti write role granted"),
-                Some(false) => Verdict::new(PERMISSIONS_GRANTED, false, reason.clone(), message.clone()),
-                None => Verdict::unknown(PERMISSIONS_GRANTED, "NotChecked", "not checked: no valid token"),
-            };
-            (
-                PartnerState::Detached,
-                vec![
-                    Verdict::new(READY, false, reason.clone(), message.clone()),
-                    credentials,
-                    permissions,
-                    Verdict::new(INDICATORS_SYNCED, false, "Detached", "nothing is pushed while detached"),
-                ],
-            )
-        }
-    }
-}
-
 /// What the sync engine reports to its partner's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -614,44 +554,44 @@ pub struct SyncReport {
     /// The cap the engine keeps under (Defender's 15,000).
     pub tenant_cap: u32,
     /// The last round's error: (reason, message).
-    pub error: Option<(String, String)>,
+    pub error: Option<(PartnerReason, String)>,
 }
 
 impl SyncReport {
     pub fn verdict(&self) -> Verdict {
         if !self.ready {
-            Verdict::new(INDICATORS_SYNCED, false, "Starting", "the sync engine is reading Defender")
+            Verdict::new(INDICATORS_SYNCED, false, PartnerReason::Starting, "the sync engine is reading Defender")
         } else if self.over_quota > 0 {
             Verdict::new(
                 INDICATORS_SYNCED,
                 false,
-                "QuotaExceeded",
+                PartnerReason::QuotaExceeded,
                 format!(
                     "{} indicators not pushed: the tenant holds {} of the {} active indicators Defender allows",
                     self.over_quota, self.tenant_total, self.tenant_cap
                 ),
             )
         } else if let Some((reason, message)) = &self.error {
-            Verdict::new(INDICATORS_SYNCED, false, reason.clone(), message.clone())
+            Verdict::new(INDICATORS_SYNCED, false, *reason, message.clone())
         } else if self.failed > 0 {
             Verdict::new(
                 INDICATORS_SYNCED,
                 false,
-                "PushFailed",
+                PartnerReason::PushFailed,
                 format!("{} indicators were refused by Defender", self.failed),
             )
         } else if self.pending > 0 {
             Verdict::new(
                 INDICATORS_SYNCED,
                 false,
-                "Pushing",
+                PartnerReason::Pushing,
                 format!("{} indicators waiting to be pushed", self.pending),
             )
         } else {
             Verdict::new(
                 INDICATORS_SYNCED,
                 true,
-                "Synced",
+                PartnerReason::Synced,
                 format!("{} indicators in Defender", self.submitted + self.external),
             )
         }

@@ -14,7 +14,7 @@ use super::decide::{self, ValueStatus};
 use super::{Context, Error, object_key};
 use crate::api::conditions::{self, READY, Verdict};
 use crate::api::finding::ProbeFindingStatus;
-use crate::api::{DefenderPartner, Delivery, DeliveryState, MANAGER, PartnerState, ProbeFinding};
+use crate::api::{DefenderPartner, Delivery, DeliveryState, FindingReason, MANAGER, PartnerState, ProbeFinding};
 
 pub async fn reconcile(finding: Arc<ProbeFinding>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("ProbeFinding");
@@ -75,14 +75,15 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     if let Some(why) = ctx.unreadable.why(finding) {
         status.state = None;
         let message = format!("the finding cannot be read: {why}; fix it to match the ProbeFinding CRD");
-        let verdict = Verdict::new(READY, false, "InvalidFinding", message);
+        let verdict = Verdict::new(READY, false, FindingReason::InvalidFinding, message);
         status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
         return status;
     }
     let keys = match finding.indicator_keys() {
         Ok(keys) => keys,
         Err(invalid) => {
-            let verdict = Verdict::new(READY, false, "InvalidFinding", format!("{invalid}; fix the finding"));
+            let verdict =
+                Verdict::new(READY, false, FindingReason::InvalidFinding, format!("{invalid}; fix the finding"));
             status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
             return status;
         }

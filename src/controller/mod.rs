@@ -60,7 +60,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "KubeApiError",
-            Error::Defender(error) => error.reason(),
+            Error::Defender(error) => error.reason().as_str(),
             Error::Finalizer(_) => "FinalizerError",
         }
     }

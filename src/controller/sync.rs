@@ -16,18 +16,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::decide::batching::{self, Batching, Patience};
 use super::decide::{self, Desired, Holder, PartnerSettings, Remote, SyncReport, ValueStatus};
 use crate::api::finding::IndicatorKey;
-use crate::api::{DefenderPartner, IndicatorType, ProbeFinding};
+use crate::api::{DefenderPartner, IndicatorType, PartnerReason, ProbeFinding};
 use crate::defender::{
     APPLICATION, BatchDeleteOutcome, DefenderClient, DefenderError, EndpointClass, Indicator, MAX_BATCH,
 };
 
 /// After a 429 the next round comes this soon; the rate limiter paces the calls themselves.
 const THROTTLED_PAUSE: Duration = Duration::from_millis(200);
-
-/// Up to this many values, single submits may stand in for an import call.
-const SUBMIT_AT_MOST: usize = 5;
 
 /// Tunables of the engine (defaults suit production; tests shorten them).
 #[derive(Clone, Debug)]
@@ -61,12 +59,6 @@ impl Default for EngineConfig {
 pub struct Triggers {
     pub findings: mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
     pub partners: mpsc::UnboundedSender<ObjectRef<DefenderPartner>>,
-}
-
-/// When the engine last saw a finding change, and since when something waits to be sent.
-struct Batching {
-    last_change: Instant,
-    pending_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -214,9 +206,12 @@ impl Worker {
                 }
                 Err(error) => {
                     failures += 1;
-                    warn!(partner = %marker, reason = error.reason(), %error, "sync round failed");
+                    warn!(partner = %marker, reason = %error.reason(), %error, "sync round failed");
                     self.record_error(&error);
-                    if matches!(error.reason(), "Unauthorized" | "Forbidden" | "DisabledFeature") {
+                    if matches!(
+                        error.reason(),
+                        PartnerReason::Unauthorized | PartnerReason::Forbidden | PartnerReason::DisabledFeature
+                    ) {
                         // The credentials may have lost their grant: let the partner re-validate.
                         let _ = self.triggers.partners.send(ObjectRef::from_obj(&**self.partner.borrow()));
                     }
@@ -273,8 +268,8 @@ impl Worker {
         Ok(())
     }
 
-    /// One diff-and-send round. Full batches go at once; the remainder waits for a quiet
-    /// moment (or `max_delay`). Returns when the next round is due, if sooner than the tick.
+    /// One diff-and-send round: what leaves now is [`batching::release`]'s to say. Returns when
+    /// the next round is due, if sooner than the tick.
     async fn round(&self, batching: &mut Batching) -> Result<Option<Duration>, DefenderError> {
         let (partner, settings) = self.settings();
         let findings = self.findings.state();
@@ -283,25 +278,14 @@ impl Worker {
             let view = self.view.lock().unwrap();
             decide::plan(&desired, &view.remote, settings.delete_withdrawn, view.tenant_total, self.config.tenant_cap)
         };
-        if plan.push.is_empty() && plan.withdraw.is_empty() {
-            batching.pending_since = None;
-            self.update_report(&desired, plan.over_quota.len(), None);
-            return Ok(None);
-        }
-        let now = Instant::now();
-        let quiet_at = batching.last_change + self.config.coalesce;
-        let pending_since = *batching.pending_since.get_or_insert(now);
-        let overdue_at = pending_since + self.config.max_delay;
-        let send_all = now >= quiet_at || now >= overdue_at;
-        let held_back = if send_all { 0 } else { plan.push.len() % MAX_BATCH };
-        let held: Vec<_> = plan.push.split_off(plan.push.len() - held_back);
-        // Withdrawals are never urgent: they wait for a quiet moment too.
-        let deferred = !held.is_empty() || (!send_all && !plan.withdraw.is_empty());
-        if !send_all {
+        let patience = Patience { coalesce: self.config.coalesce, max_delay: self.config.max_delay };
+        let release = batching::release(batching, plan.push.len(), plan.withdraw.len(), Instant::now(), patience);
+        plan.push.truncate(release.push);
+        if !release.withdraw {
             plan.withdraw.clear();
         }
         if !plan.push.is_empty() || !plan.withdraw.is_empty() {
-            debug!(push = plan.push.len(), held = held.len(), withdraw = plan.withdraw.len(), "sending");
+            debug!(push = plan.push.len(), withdraw = plan.withdraw.len(), due = ?release.due, "sending");
         }
 
         let mut changed: BTreeSet<IndicatorKey> = BTreeSet::new();
@@ -315,11 +299,8 @@ impl Worker {
             self.trigger_findings_with(&changed, &findings);
         }
         outcome?;
-        if !deferred {
-            batching.pending_since = None;
-            return Ok(None);
-        }
-        Ok(Some(quiet_at.min(overdue_at).saturating_duration_since(Instant::now())))
+        batching::sent(batching, &release);
+        Ok(release.due.map(|due| due.saturating_duration_since(Instant::now())))
     }
 
     async fn push(
@@ -328,12 +309,15 @@ impl Worker {
         changed: &mut BTreeSet<IndicatorKey>,
     ) -> Result<(), DefenderError> {
         for batch in indicators.chunks(MAX_BATCH) {
-            // A few values while the import budget (30/min) is spent: one submit each, from the
-            // larger budget of 100/min, rather than waiting up to a minute.
-            if batch.len() <= SUBMIT_AT_MOST
-                && !self.client.has_budget(EndpointClass::Import).await
-                && self.client.has_budget(EndpointClass::Other).await
-            {
+            // Budgets are looked up only for a batch small enough to go singly (a look-up may need
+            // a token).
+            let singly = batch.len() <= batching::SUBMIT_AT_MOST
+                && batching::submit_singly(
+                    batch.len(),
+                    self.client.has_budget(EndpointClass::Import).await,
+                    self.client.has_budget(EndpointClass::Other).await,
+                );
+            if singly {
                 for indicator in batch {
                     let outcome = match self.client.submit(indicator).await {
                         Ok(created) => Ok(created.id),
@@ -408,7 +392,7 @@ impl Worker {
             over_quota: over_quota as u32,
             tenant_total: view.tenant_total as u32,
             tenant_cap: self.config.tenant_cap as u32,
-            error: error.map(|e| (e.reason().to_string(), e.to_string())),
+            error: error.map(|e| (e.reason(), e.to_string())),
             ..Default::default()
         };
         for key in desired.push.keys() {
@@ -434,7 +418,7 @@ impl Worker {
 
     fn record_error(&self, error: &DefenderError) {
         let mut view = self.view.lock().unwrap();
-        let error = Some((error.reason().to_string(), error.to_string()));
+        let error = Some((error.reason(), error.to_string()));
         if view.report.error != error {
             view.report.error = error;
             drop(view);

@@ -21,7 +21,7 @@ use super::{
     AccessToken, BatchDeleteOutcome, DefenderError, EndpointClass, HostPolicy, ImportResult, Indicator, MAX_BATCH,
     NewIndicator, OPTIONAL_ROLES, RateLimiter, TI_WRITE_ROLES,
 };
-use crate::api::Cloud;
+use crate::api::{Cloud, PartnerReason};
 
 /// Connect timeout of [`default_http_client`].
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -217,7 +217,7 @@ impl DefenderClient {
         let tenant = credentials.tenant_id.trim();
         if !tenant_is_valid(tenant) {
             return Err(DefenderError::Token {
-                reason: "TenantInvalid",
+                reason: PartnerReason::TenantInvalid,
                 aadsts: None,
                 // Never the value itself: a secret pasted under the wrong key must not reach status.
                 message: TENANT_INVALID_MESSAGE.into(),
@@ -226,7 +226,7 @@ impl DefenderClient {
         }
         if ["common", "organizations", "consumers"].iter().any(|t| t.eq_ignore_ascii_case(tenant)) {
             return Err(DefenderError::Token {
-                reason: "ConfigError",
+                reason: PartnerReason::ConfigError,
                 aadsts: None,
                 message: format!("the tenant must be a tenant GUID or domain, not {tenant:?}"),
                 transient: false,

@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
+use crate::api::PartnerReason;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DefenderError {
     /// Token endpoint refused the credentials (classified by AADSTS code).
     #[error("{message}")]
-    Token { reason: &'static str, aadsts: Option<u32>, message: String, transient: bool },
+    Token { reason: PartnerReason, aadsts: Option<u32>, message: String, transient: bool },
     /// The token does not belong to the configured tenant/app or audience.
     #[error("{0}")]
     ClaimsMismatch(String),
@@ -37,25 +39,25 @@ pub enum DefenderError {
 }
 
 impl DefenderError {
-    /// Stable PascalCase reason for conditions, events and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// The partner reason this error gives (conditions, events and metric labels).
+    pub fn reason(&self) -> PartnerReason {
         match self {
-            DefenderError::Token { reason, .. } => reason,
-            DefenderError::ClaimsMismatch(_) => "TokenMismatch",
-            DefenderError::MissingPermission { .. } => "MissingPermission",
-            DefenderError::HostNotAllowed(_) => "ApiHostNotAllowed",
-            DefenderError::Throttled { .. } => "Throttled",
+            DefenderError::Token { reason, .. } => *reason,
+            DefenderError::ClaimsMismatch(_) => PartnerReason::TokenMismatch,
+            DefenderError::MissingPermission { .. } => PartnerReason::MissingPermission,
+            DefenderError::HostNotAllowed(_) => PartnerReason::ApiHostNotAllowed,
+            DefenderError::Throttled { .. } => PartnerReason::Throttled,
             DefenderError::Api { status, code, .. } => match status {
-                401 => "Unauthorized",
-                403 if code.eq_ignore_ascii_case("DisabledFeature") => "DisabledFeature",
-                403 => "Forbidden",
-                429 => "Throttled",
-                500..=599 => "DefenderUnreachable",
-                _ => "DefenderError",
+                401 => PartnerReason::Unauthorized,
+                403 if code.eq_ignore_ascii_case("DisabledFeature") => PartnerReason::DisabledFeature,
+                403 => PartnerReason::Forbidden,
+                429 => PartnerReason::Throttled,
+                500..=599 => PartnerReason::DefenderUnreachable,
+                _ => PartnerReason::DefenderError,
             },
-            DefenderError::Unreachable { .. } => "DefenderUnreachable",
-            DefenderError::Protocol(_) => "ProtocolError",
-            DefenderError::Config(_) => "ConfigError",
+            DefenderError::Unreachable { .. } => PartnerReason::DefenderUnreachable,
+            DefenderError::Protocol(_) => PartnerReason::ProtocolError,
+            DefenderError::Config(_) => PartnerReason::ConfigError,
         }
     }
 

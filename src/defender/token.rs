@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::DefenderError;
 use super::jwt::Claims;
+use crate::api::PartnerReason;
 
 /// An Entra app's credentials. `Debug` never shows the secret.
 #[derive(Clone)]
@@ -141,60 +142,66 @@ struct ErrorBody {
     error_codes: Option<Vec<serde_json::Value>>,
 }
 
-/// Reason and transience for an AADSTS code (reference/defender-api.md §1.5).
-pub fn reason_for_aadsts(code: u32) -> Option<(&'static str, bool)> {
+/// Reason and transience for an AADSTS code, as Entra's error-code reference describes them.
+pub fn reason_for_aadsts(code: u32) -> Option<(PartnerReason, bool)> {
     Some(match code {
-        7000215 => ("InvalidSecret", false),
-        7000222 => ("SecretExpired", false),
-        7000218 => ("CredentialMissing", false),
-        700016 => ("AppNotFound", false),
-        90002 => ("TenantNotFound", false),
-        900023 => ("TenantInvalid", false),
-        90038 | 900432 | 900382 => ("WrongCloud", false),
-        70011 | 700022 | 700023 | 9001023 => ("ConfigError", false),
-        500011 => ("DefenderNotProvisioned", false),
-        7000112 | 70001 => ("AppDisabled", false),
-        53003 | 530032 => ("Blocked", false),
-        90055 => ("Throttled", true),
-        90024 | 90006 | 90090 | 50000 => ("EntraUnavailable", true),
+        7000215 => (PartnerReason::InvalidSecret, false),
+        7000222 => (PartnerReason::SecretExpired, false),
+        7000218 => (PartnerReason::CredentialMissing, false),
+        700016 => (PartnerReason::AppNotFound, false),
+        90002 => (PartnerReason::TenantNotFound, false),
+        900023 => (PartnerReason::TenantInvalid, false),
+        90038 | 900432 | 900382 => (PartnerReason::WrongCloud, false),
+        70011 | 700022 | 700023 | 9001023 => (PartnerReason::ConfigError, false),
+        500011 => (PartnerReason::DefenderNotProvisioned, false),
+        7000112 | 70001 => (PartnerReason::AppDisabled, false),
+        53003 | 530032 => (PartnerReason::Blocked, false),
+        90055 => (PartnerReason::Throttled, true),
+        90024 | 90006 | 90090 | 50000 => (PartnerReason::EntraUnavailable, true),
         _ => return None,
     })
 }
 
 /// Reason and transience for an OAuth `error` string, when no known AADSTS code came with it.
-fn reason_for_error(error: &str) -> Option<(&'static str, bool)> {
+fn reason_for_error(error: &str) -> Option<(PartnerReason, bool)> {
     Some(match error {
-        "temporarily_unavailable" | "server_error" => ("EntraUnavailable", true),
-        "invalid_client" => ("InvalidSecret", false),
-        "unauthorized_client" => ("AppNotFound", false),
-        "invalid_tenant" => ("TenantNotFound", false),
-        "invalid_scope" | "invalid_request" | "unsupported_grant_type" | "invalid_grant" => ("ConfigError", false),
-        "invalid_resource" => ("DefenderNotProvisioned", false),
+        "temporarily_unavailable" | "server_error" => (PartnerReason::EntraUnavailable, true),
+        "invalid_client" => (PartnerReason::InvalidSecret, false),
+        "unauthorized_client" => (PartnerReason::AppNotFound, false),
+        "invalid_tenant" => (PartnerReason::TenantNotFound, false),
+        "invalid_scope" | "invalid_request" | "unsupported_grant_type" | "invalid_grant" => {
+            (PartnerReason::ConfigError, false)
+        }
+        "invalid_resource" => (PartnerReason::DefenderNotProvisioned, false),
         _ => return None,
     })
 }
 
-fn hint(reason: &str) -> &'static str {
+fn hint(reason: PartnerReason) -> &'static str {
     match reason {
         // Entra's own description already says "the client secret value, not the client secret ID".
-        "InvalidSecret" => "Entra rejected the client secret",
-        "SecretExpired" => "the client secret has expired; create a new one and update the Secret",
-        "CredentialMissing" => "no client secret reached Entra",
-        "AppNotFound" => "the client id was not found in this tenant (wrong client id, or an app of another tenant)",
-        "TenantNotFound" => "the tenant was not found (wrong tenant id or domain, or a tenant of another cloud)",
-        "TenantInvalid" => {
+        PartnerReason::InvalidSecret => "Entra rejected the client secret",
+        PartnerReason::SecretExpired => "the client secret has expired; create a new one and update the Secret",
+        PartnerReason::CredentialMissing => "no client secret reached Entra",
+        PartnerReason::AppNotFound => {
+            "the client id was not found in this tenant (wrong client id, or an app of another tenant)"
+        }
+        PartnerReason::TenantNotFound => {
+            "the tenant was not found (wrong tenant id or domain, or a tenant of another cloud)"
+        }
+        PartnerReason::TenantInvalid => {
             "the tenant id is malformed: store the tenant GUID or a verified domain under the Secret's tenantId key \
              (or the key spec.credentials.secretRef.tenantIdKey names)"
         }
-        "WrongCloud" => "the tenant or app belongs to another cloud; check spec.cloud",
-        "ConfigError" => "Entra rejected the token request as misconfigured",
-        "DefenderNotProvisioned" => {
+        PartnerReason::WrongCloud => "the tenant or app belongs to another cloud; check spec.cloud",
+        PartnerReason::ConfigError => "Entra rejected the token request as misconfigured",
+        PartnerReason::DefenderNotProvisioned => {
             "the tenant has no Microsoft Defender for Endpoint (WindowsDefenderATP) service principal"
         }
-        "AppDisabled" => "the app is disabled in Entra",
-        "Blocked" => "a Conditional Access policy blocks this app",
-        "EntraUnavailable" => "Entra is temporarily unavailable",
-        "Throttled" => "Entra throttled the token request",
+        PartnerReason::AppDisabled => "the app is disabled in Entra",
+        PartnerReason::Blocked => "a Conditional Access policy blocks this app",
+        PartnerReason::EntraUnavailable => "Entra is temporarily unavailable",
+        PartnerReason::Throttled => "Entra throttled the token request",
         _ => "Entra refused the token request",
     }
 }
@@ -228,11 +235,11 @@ pub fn classify_token_error(status: u16, body: &[u8], retry_after: Option<Durati
     let error = error.as_str();
     let (reason, transient) =
         aadsts.and_then(reason_for_aadsts).or_else(|| reason_for_error(error)).unwrap_or(match status {
-            429 => ("Throttled", true),
-            500..=599 | 408 => ("EntraUnavailable", true),
-            _ => ("AuthenticationFailed", false),
+            429 => (PartnerReason::Throttled, true),
+            500..=599 | 408 => (PartnerReason::EntraUnavailable, true),
+            _ => (PartnerReason::AuthenticationFailed, false),
         });
-    if reason == "Throttled" || status == 429 {
+    if reason == PartnerReason::Throttled || status == 429 {
         return DefenderError::Throttled { retry_after: retry_after.unwrap_or(Duration::from_secs(5)) };
     }
     let detail = match parsed.error_description.as_deref().map(|d| sanitize_description(d, secret)) {
@@ -267,7 +274,7 @@ pub async fn request_token(
     ];
     let host = token_url.host_str().unwrap_or("").to_string();
     let unreachable = |what: String| DefenderError::Token {
-        reason: "EntraUnavailable",
+        reason: PartnerReason::EntraUnavailable,
         aadsts: None,
         message: format!("cannot reach the login endpoint {host}: {what}"),
         transient: true,
@@ -291,7 +298,7 @@ pub async fn request_token(
     } else {
         let err = classify_token_error(status, &body, retry_after, secret);
         tracing::debug!(tenant = %credentials.tenant_id, client_id = %credentials.client_id, status,
-            reason = err.reason(), "token request refused");
+            reason = %err.reason(), "token request refused");
         Err(err)
     }
 }
@@ -381,7 +388,7 @@ impl TokenCache {
                     && let Some(c) = slot.as_ref()
                     && tokio::time::Instant::now() + Duration::from_secs(30) < c.expires_at
                 {
-                    tracing::warn!(reason = e.reason(), "token refresh failed; using the cached token");
+                    tracing::warn!(reason = %e.reason(), "token refresh failed; using the cached token");
                     return Ok(c.token.clone());
                 }
                 Err(e)

@@ -368,7 +368,7 @@ fn ready_waits_only_for_attached_partners() {
         &[detached.clone(), submitted.clone(), suspended.clone()],
         attached_ones(&["good"]),
     );
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
+    assert_eq!((ready.status, ready.reason), (true, "Delivered"));
     assert!(ready.message.contains("not attached, so not waited for: bad, paused"), "{}", ready.message);
     let external = delivered_as("good", DeliveryState::External, None);
     assert!(finding_ready(&unprotected, &[detached.clone(), external], attached_ones(&["good"])).status);
@@ -376,27 +376,24 @@ fn ready_waits_only_for_attached_partners() {
     // An attached partner still pushing holds it back, with its own message, whatever comes first.
     let pushing = delivered_as("good", DeliveryState::Pending, None);
     let ready = finding_ready(&unprotected, &[detached.clone(), pushing], attached_ones(&["good"]));
-    assert_eq!(
-        (ready.status, ready.reason.as_str(), ready.message.as_str()),
-        (false, "Pending", "partner good: Pending")
-    );
+    assert_eq!((ready.status, ready.reason, ready.message.as_str()), (false, "Pending", "partner good: Pending"));
     let failed = delivered_as("good", DeliveryState::Failed, Some("InvalidHashValue"));
     let ready = finding_ready(&unprotected, &[detached.clone(), failed], attached_ones(&["good"]));
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "DeliveryFailed"));
+    assert_eq!((ready.status, ready.reason), (false, "DeliveryFailed"));
     // Expired is an expected end, not a failure: done, and Ready (expired_indicators_are_done_not_failed).
     let expired = delivered_as("good", DeliveryState::Expired, None);
     let ready = finding_ready(&unprotected, &[detached.clone(), expired.clone()], attached_ones(&["good"]));
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "Expired"));
+    assert_eq!((ready.status, ready.reason), (true, "Expired"));
     let ready = finding_ready(&unprotected, &[submitted.clone(), expired], |_: &str| true);
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
+    assert_eq!((ready.status, ready.reason), (true, "Delivered"));
 
     // No attached partner at all: nothing holds the indicators, so not Ready; the detached
     // partner's reason is shown.
     let ready = finding_ready(&unprotected, &[detached.clone(), suspended], attached_ones(&[]));
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    assert_eq!((ready.status, ready.reason), (false, "Pending"));
     assert_eq!(ready.message, "partner bad: not attached: InvalidSecret", "the partner named once");
     let ready = finding_ready(&unprotected, &[], attached_ones(&[]));
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "NoPartner"));
+    assert_eq!((ready.status, ready.reason), (false, "NoPartner"));
 
     // Every attached partner holds it and none is detached: no note about detached partners.
     let ready = finding_ready(&unprotected, &[submitted], attached_ones(&["good"]));
@@ -539,7 +536,7 @@ fn ready_counts_what_a_partner_that_is_not_attached_left_in_defender() {
     // The only partner is suspended, but its indicators are in Defender: Ready, saying none is attached.
     let ready = finding_ready(&unprotected, std::slice::from_ref(&kept), attached_ones(&[]));
     assert_eq!(
-        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (ready.status, ready.reason, ready.message.as_str()),
         (
             true,
             "Delivered",
@@ -550,12 +547,12 @@ fn ready_counts_what_a_partner_that_is_not_attached_left_in_defender() {
     // so not Ready, naming it once.
     let detached = delivery("bad", &unprotected, &keys, None, Err("InvalidSecret"), None);
     let ready = finding_ready(&unprotected, &[detached.clone(), kept.clone()], attached_ones(&[]));
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    assert_eq!((ready.status, ready.reason), (false, "Pending"));
     assert_eq!(ready.message, "partner bad: not attached: InvalidSecret");
     // An attached partner decides, as before; the suspended one is not waited for.
     let good = held_by("good", &unprotected, DeliveryState::Submitted);
     let ready = finding_ready(&unprotected, &[good, kept, detached], attached_ones(&["good"]));
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
+    assert_eq!((ready.status, ready.reason), (true, "Delivered"));
     assert!(ready.message.ends_with("; not attached, so not waited for: paused, bad"), "{}", ready.message);
 }
 
@@ -577,7 +574,7 @@ fn expired_indicators_are_done_not_failed() {
     // Every attached partner saw them expire: Ready, reason Expired, saying so and naming the partner.
     let ready = finding_ready(&unprotected, &[expired("good")], attached_ones(&["good"]));
     assert_eq!(
-        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (ready.status, ready.reason, ready.message.as_str()),
         (
             true,
             "Expired",
@@ -594,7 +591,7 @@ fn expired_indicators_are_done_not_failed() {
         &[expired("good"), skipped.clone(), detached.clone(), no_message],
         attached_ones(&["good", "quiet", "old"]),
     );
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "Expired"));
+    assert_eq!((ready.status, ready.reason), (true, "Expired"));
     assert_eq!(
         ready.message,
         "this finding's indicators expired and are not pushed again; partner good: expired at 2027-01-15T08:00:00Z \
@@ -606,7 +603,7 @@ fn expired_indicators_are_done_not_failed() {
     let submitted = delivered_as("good", DeliveryState::Submitted, None);
     let ready = finding_ready(&unprotected, &[submitted.clone(), expired("late")], attached_ones(&["good", "late"]));
     assert_eq!(
-        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (ready.status, ready.reason, ready.message.as_str()),
         (
             true,
             "Delivered",
@@ -620,19 +617,19 @@ fn expired_indicators_are_done_not_failed() {
     // Expired for one attached partner, still pushing or failing for another: not Ready.
     let pushing = delivered_as("slow", DeliveryState::Pending, None);
     let ready = finding_ready(&unprotected, &[expired("good"), pushing], attached_ones(&["good", "slow"]));
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    assert_eq!((ready.status, ready.reason), (false, "Pending"));
     let failed = delivered_as("slow", DeliveryState::Failed, Some("InvalidHashValue"));
     let ready = finding_ready(&unprotected, &[failed, expired("good")], attached_ones(&["good", "slow"]));
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "DeliveryFailed"));
+    assert_eq!((ready.status, ready.reason), (false, "DeliveryFailed"));
 
     // Expired for a detached partner while an attached one holds them: the attached one decides.
     let ready = finding_ready(&unprotected, &[expired("bad"), submitted], attached_ones(&["good"]));
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "Delivered"));
+    assert_eq!((ready.status, ready.reason), (true, "Delivered"));
     // No attached partner: the detached partners' deliveries decide, as for any finding.
     let ready = finding_ready(&unprotected, &[expired("good"), detached], attached_ones(&[]));
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "Pending"));
+    assert_eq!((ready.status, ready.reason), (false, "Pending"));
     let ready = finding_ready(&unprotected, &[expired("good"), skipped], attached_ones(&[]));
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "Expired"));
+    assert_eq!((ready.status, ready.reason), (true, "Expired"));
     assert!(ready.message.ends_with("; not attached, so not waited for: good, quiet"), "{}", ready.message);
 }
 
@@ -643,7 +640,7 @@ fn ready_is_nothing_to_deliver_when_every_delivery_is_skipped() {
     let everyone = |_: &str| true;
     let ready = finding_ready(&finding, &[skipped("a"), skipped("b")], everyone);
     assert_eq!(
-        (ready.status, ready.reason.as_str(), ready.message.as_str()),
+        (ready.status, ready.reason, ready.message.as_str()),
         (true, "NothingToDeliver", "nothing to push: the test was NOT_RELEVANT")
     );
     // Skipped by a detached partner too.
@@ -652,7 +649,7 @@ fn ready_is_nothing_to_deliver_when_every_delivery_is_skipped() {
     finding.spec.state = None;
     finding.spec.code = Some(4242);
     let ready = finding_ready(&finding, &[], everyone);
-    assert_eq!((ready.status, ready.reason.as_str()), (true, "NothingToDeliver"));
+    assert_eq!((ready.status, ready.reason), (true, "NothingToDeliver"));
     assert_eq!(
         ready.message,
         "nothing to push: exit code 4242 is not in Prelude's exit-code table, so the result is NONE"
@@ -667,7 +664,7 @@ fn ready_is_nothing_to_deliver_when_every_delivery_is_skipped() {
 #[test]
 fn partner_ref_not_found_says_whether_the_partner_is_missing_or_does_not_select() {
     let missing = partner_ref_not_found("late", None);
-    assert_eq!((missing.status, missing.reason.as_str()), (false, "PartnerNotFound"));
+    assert_eq!((missing.status, missing.reason), (false, "PartnerNotFound"));
     assert_eq!(
         missing.message,
         "spec.partnerRef names DefenderPartner \"late\", which does not exist in this namespace; create it, or \
@@ -680,7 +677,7 @@ fn partner_ref_not_found_says_whether_the_partner_is_missing_or_does_not_select(
         ..Default::default()
     });
     let excluded = partner_ref_not_found("late", Some(&choosy));
-    assert_eq!((excluded.status, excluded.reason.as_str()), (false, "PartnerNotFound"));
+    assert_eq!((excluded.status, excluded.reason), (false, "PartnerNotFound"));
     assert!(!excluded.message.contains("does not exist"), "{}", excluded.message);
     assert_eq!(
         excluded.message,
@@ -703,74 +700,6 @@ fn partner_ref_not_found_says_whether_the_partner_is_missing_or_does_not_select(
         "{}",
         invalid.message
     );
-}
-
-#[test]
-fn partner_conditions_follow_the_verdict() {
-    let (state, verdicts) = partner_conditions(
-        &Attachment::Attached {
-            granted: vec!["Ti.ReadWrite.All".into()],
-            missing_optional: vec!["Alert.Read.All".into()],
-        },
-        Some(&SyncReport { ready: true, submitted: 3, ..Default::default() }),
-    );
-    assert_eq!(state, PartnerState::Attached);
-    assert!(verdicts.iter().all(|v| v.status));
-    assert!(verdicts[2].message.contains("Alert.Read.All"));
-
-    let (state, verdicts) = partner_conditions(
-        &Attachment::Detached {
-            reason: "MissingPermission".into(),
-            message: "grant Ti.ReadWrite.All".into(),
-            credentials_ok: true,
-            permissions_ok: Some(false),
-        },
-        None,
-    );
-    assert_eq!(state, PartnerState::Detached);
-    let by_type = |t: &str| verdicts.iter().find(|v| v.type_ == t).unwrap().clone();
-    assert!(!by_type(READY).status && by_type(CREDENTIALS_VALID).status && !by_type(PERMISSIONS_GRANTED).status);
-    assert_eq!(by_type(READY).reason, "MissingPermission");
-}
-
-#[test]
-fn an_attached_partner_at_the_tenant_cap_is_not_ready() {
-    let attached = Attachment::Attached { granted: vec!["Ti.ReadWrite.All".into()], missing_optional: vec![] };
-    let full =
-        SyncReport { ready: true, over_quota: 5, tenant_total: 15_000, tenant_cap: 15_000, ..Default::default() };
-    let (state, verdicts) = partner_conditions(&attached, Some(&full));
-    assert_eq!(state, PartnerState::Attached);
-    let ready = verdicts.iter().find(|v| v.type_ == READY).unwrap();
-    assert_eq!((ready.status, ready.reason.as_str()), (false, "QuotaExceeded"));
-    assert!(ready.message.contains("15000 of the 15000"), "{}", ready.message);
-    // A transient error of the last round does not flap Ready.
-    let throttled = SyncReport { ready: true, error: Some(("Throttled".into(), "429".into())), ..Default::default() };
-    let (_, verdicts) = partner_conditions(&attached, Some(&throttled));
-    assert!(verdicts.iter().find(|v| v.type_ == READY).unwrap().status);
-}
-
-#[test]
-fn what_was_not_checked_is_unknown() {
-    let detached = |reason: &str| {
-        let attachment = Attachment::Detached {
-            reason: reason.into(),
-            message: "m".into(),
-            credentials_ok: false,
-            permissions_ok: None,
-        };
-        partner_conditions(&attachment, None).1
-    };
-    let by_type = |verdicts: &[Verdict], t: &str| verdicts.iter().find(|v| v.type_ == t).unwrap().clone();
-    let refused = detached("InvalidSecret");
-    let credentials = by_type(&refused, CREDENTIALS_VALID);
-    assert!(!credentials.status && !credentials.unknown && credentials.reason == "InvalidSecret");
-    let permissions = by_type(&refused, PERMISSIONS_GRANTED);
-    assert!(permissions.unknown && permissions.reason == "NotChecked", "{permissions:?}");
-    for reason in ["Suspended", "Deleting", "InvalidSpec"] {
-        let credentials = by_type(&detached(reason), CREDENTIALS_VALID);
-        assert!(credentials.unknown && credentials.reason == "NotChecked", "{reason}: {credentials:?}");
-        assert!(!by_type(&detached(reason), READY).unknown, "Ready is False with the reason: {reason}");
-    }
 }
 
 #[test]

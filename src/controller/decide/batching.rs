@@ -1,0 +1,135 @@
+//! The sync engine's timing decisions: what of a round's plan leaves now, what waits for a fuller
+//! batch, and when a few values go as single submits instead of an import. No IO here.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::defender::MAX_BATCH;
+
+/// Up to this many values, single submits may stand in for an import call.
+pub const SUBMIT_AT_MOST: usize = 5;
+
+/// When the engine last saw a finding change, and since when something waits to be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    pub last_change: Instant,
+    pub pending_since: Option<Instant>,
+}
+
+/// How long partial batches may wait (`EngineConfig`'s `coalesce` and `max_delay`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patience {
+    /// A partial batch leaves once no finding has changed for this long.
+    pub coalesce: Duration,
+    /// A partial batch never waits longer than this.
+    pub max_delay: Duration,
+}
+
+/// What of a round's plan leaves now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release {
+    /// How many of the values to push leave now (the first ones: whole batches of
+    /// [`MAX_BATCH`], or all of them).
+    pub push: usize,
+    /// Whether the withdrawals leave now: they are never urgent, so they wait for a quiet moment.
+    pub withdraw: bool,
+    /// When the held-back rest is due, if anything was held back.
+    pub due: Option<Instant>,
+}
+
+/// Full batches leave at once; a partial batch and the withdrawals wait until findings have been
+/// quiet for `coalesce`, or until something has waited `max_delay`: a burst of findings fills
+/// batches, a lone finding waits about `coalesce`. Marks in `batching` since when something
+/// waits.
+pub fn release(batching: &mut Batching, push: usize, withdraw: usize, now: Instant, patience: Patience) -> Release {
+    if push == 0 && withdraw == 0 {
+        batching.pending_since = None;
+        return Release { push: 0, withdraw: false, due: None };
+    }
+    let quiet_at = batching.last_change + patience.coalesce;
+    let overdue_at = *batching.pending_since.get_or_insert(now) + patience.max_delay;
+    let send_all = now >= quiet_at || now >= overdue_at;
+    let held_back = if send_all { 0 } else { push % MAX_BATCH };
+    let deferred = held_back > 0 || (!send_all && withdraw > 0);
+    Release { push: push - held_back, withdraw: send_all, due: deferred.then(|| quiet_at.min(overdue_at)) }
+}
+
+/// After a round whose sends all succeeded: nothing waits any more unless something was held back.
+pub fn sent(batching: &mut Batching, release: &Release) {
+    if release.due.is_none() {
+        batching.pending_since = None;
+    }
+}
+
+/// A few values while the import budget (30 calls a minute) is spent go one submit each, from the
+/// larger budget of 100 a minute, rather than waiting up to a minute for an import.
+pub fn submit_singly(values: usize, import_budget: bool, other_budget: bool) -> bool {
+    values <= SUBMIT_AT_MOST && !import_budget && other_budget
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATIENCE: Patience = Patience { coalesce: Duration::from_millis(300), max_delay: Duration::from_secs(10) };
+
+    fn at(start: Instant, millis: u64) -> Instant {
+        start + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn nothing_to_send_waits_for_nothing() {
+        let start = Instant::now();
+        let mut batching = Batching { last_change: start, pending_since: Some(start) };
+        assert_eq!(release(&mut batching, 0, 0, start, PATIENCE), Release { push: 0, withdraw: false, due: None });
+        assert_eq!(batching.pending_since, None);
+    }
+
+    #[test]
+    fn full_batches_leave_at_once_and_the_rest_waits_for_a_quiet_moment() {
+        let start = Instant::now();
+        let mut batching = Batching { last_change: start, pending_since: None };
+        let busy = release(&mut batching, 2 * MAX_BATCH + 7, 3, at(start, 100), PATIENCE);
+        assert_eq!(busy, Release { push: 2 * MAX_BATCH, withdraw: false, due: Some(at(start, 300)) });
+        assert_eq!(batching.pending_since, Some(at(start, 100)));
+        // Quiet since the last change: the partial batch and the withdrawals leave.
+        let quiet = release(&mut batching, 7, 3, at(start, 300), PATIENCE);
+        assert_eq!(quiet, Release { push: 7, withdraw: true, due: None });
+        sent(&mut batching, &quiet);
+        assert_eq!(batching.pending_since, None);
+    }
+
+    #[test]
+    fn a_partial_batch_never_waits_past_the_maximum_delay() {
+        let start = Instant::now();
+        let mut batching = Batching { last_change: start, pending_since: None };
+        let first = release(&mut batching, 3, 0, start, PATIENCE);
+        assert_eq!((first.push, first.due), (0, Some(at(start, 300))));
+        sent(&mut batching, &first);
+        // Findings keep changing: the quiet moment moves, the deadline does not.
+        batching.last_change = at(start, 9_900);
+        assert_eq!(release(&mut batching, 3, 0, at(start, 9_950), PATIENCE).due, Some(at(start, 10_000)));
+        assert_eq!(release(&mut batching, 3, 0, at(start, 10_000), PATIENCE).push, 3);
+    }
+
+    #[test]
+    fn withdrawals_alone_wait_for_a_quiet_moment_too() {
+        let start = Instant::now();
+        let mut batching = Batching { last_change: start, pending_since: None };
+        assert_eq!(
+            release(&mut batching, 0, 2, at(start, 10), PATIENCE),
+            Release { push: 0, withdraw: false, due: Some(at(start, 300)) }
+        );
+        assert!(release(&mut batching, 0, 2, at(start, 300), PATIENCE).withdraw);
+    }
+
+    #[test]
+    fn single_submits_only_for_a_few_values_while_only_the_import_budget_is_spent() {
+        assert!(submit_singly(1, false, true));
+        assert!(submit_singly(SUBMIT_AT_MOST, false, true));
+        assert!(!submit_singly(SUBMIT_AT_MOST + 1, false, true), "a bigger batch waits for the import budget");
+        assert!(!submit_singly(1, true, true), "an import is cheaper when it can go");
+        assert!(!submit_singly(1, false, false), "no budget for single submits either");
+    }
+}
