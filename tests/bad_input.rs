@@ -40,7 +40,7 @@ async fn world_with_good_partner() -> World {
 }
 
 /// The control: a good finding (UNPROTECTED through code 101) is delivered to the good partner
-/// and Ready (DESIGN.md: every *attached* partner that selects it holds its indicators, whatever
+/// and Ready (every *attached* partner that selects it holds its indicators, whatever
 /// detached partners of the namespace say), its value is in Defender exactly once, and the good
 /// partner is still attached. Returns the finding, for the deliveries of other partners.
 async fn the_good_finding_is_still_delivered(world: &World, seed: u32) -> ProbeFinding {
@@ -736,7 +736,7 @@ async fn unknown_enum_values_are_refused_by_the_schema() {
 async fn unknown_exit_codes_count_as_none_and_push_nothing() {
     let world = world_with_good_partner().await;
     world.attached(NS, GOOD).await;
-    // DESIGN.md: "anything else → NONE". NONE is not UNPROTECTED: nothing is pushed, the delivery
+    // Prelude's table: "anything else → NONE". NONE is not UNPROTECTED: nothing is pushed, the delivery
     // is Skipped and the finding is Ready (there is nothing to deliver).
     let codes = [0, 4, 99, 255, 257, 1000, -1, i32::MAX, i32::MIN];
     for (i, code) in codes.iter().enumerate() {

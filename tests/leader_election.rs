@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The failover target of issue 5.
+/// How soon a standby must take over from a killed leader (README, High availability).
 const FAILOVER_TARGET: Duration = Duration::from_secs(20);
 
 struct Elected {

@@ -1,4 +1,4 @@
-//! Property tests for every parser of outside data (issue 6, "Fuzzing"): Entra token answers,
+//! Property tests for every parser of outside data (README, "Fuzzing"): Entra token answers,
 //! JWT payloads, Defender error bodies, OData list pages, indicators and import results,
 //! `Retry-After`, `ProbeFinding`s, durations and the API host allow-list.
 //!
@@ -103,7 +103,7 @@ mod token {
 
     use super::*;
 
-    /// Every AADSTS code the classifier knows (reference/defender-api.md §1.5).
+    /// Every AADSTS code the classifier knows (Entra's error-code reference).
     const KNOWN_CODES: &[u32] = &[
         7000215, 7000222, 7000218, 700016, 90002, 900023, 90038, 900432, 900382, 70011, 700022, 700023, 9001023,
         500011, 7000112, 70001, 53003, 530032, 90055, 90024, 90006, 90090, 50000,

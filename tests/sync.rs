@@ -217,7 +217,7 @@ async fn a_throttled_import_does_not_hold_a_lone_finding_back() {
 }
 
 /// Two findings share a hash: one UNPROTECTED, one PROTECTED. The indicator stays while either
-/// exists (DESIGN: a later PROTECTED result is the indicator working) and the partner counts it;
+/// exists (a later PROTECTED result is the indicator working) and the partner counts it;
 /// with `deletionPolicy: Delete` it goes with the last finding that refers to it.
 #[tokio::test]
 async fn a_hash_shared_by_findings_stays_while_one_refers_to_it_and_is_counted() {

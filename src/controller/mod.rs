@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Action, Controller};
@@ -167,42 +167,13 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let shutdown = futures::FutureExt::shared(shutdown);
+    let shutdown = shutdown.shared();
     let (finding_tx, finding_rx) = mpsc::unbounded_channel();
     let (partner_tx, partner_rx) = mpsc::unbounded_channel();
 
     let (findings, writer) = reflector::store::<ProbeFinding>();
-
-    // The reconciler's own status writes do not wake it: a failed validation would otherwise be
-    // retried at once, past its backoff.
     let (partner_cache, partner_writer) = reflector::store::<DefenderPartner>();
-    let (namespace_findings, finding_queue) = (findings.clone(), finding_tx.clone());
-    let mut last_seen: HashMap<ObjectRef<DefenderPartner>, PartnerFacts> = HashMap::new();
-    let partner_events =
-        watcher::watcher(scoped::<DefenderPartner>(&client, &config.namespace), watcher::Config::default())
-            .default_backoff()
-            .reflect(partner_writer)
-            // Findings name their partners' states: once the cache holds a partner's new state,
-            // spec or deletion (or it is gone), the findings of its namespace are reconciled.
-            .inspect_ok(move |event| {
-                let changed = match event {
-                    watcher::Event::Apply(partner) | watcher::Event::InitApply(partner) => {
-                        let facts = PartnerFacts::of(partner);
-                        (last_seen.insert(ObjectRef::from_obj(partner), facts.clone()) != Some(facts))
-                            .then_some(partner)
-                    }
-                    watcher::Event::Delete(partner) => {
-                        last_seen.remove(&ObjectRef::from_obj(partner));
-                        Some(partner)
-                    }
-                    _ => None,
-                };
-                if let Some(partner) = changed {
-                    wake_findings_in(partner.metadata.namespace.as_deref(), &namespace_findings, &finding_queue);
-                }
-            })
-            .touched_objects()
-            .predicate_filter(partner_changed, Default::default());
+    let partner_events = partner_events(&client, &config, partner_writer, findings.clone(), finding_tx.clone());
     let partner_controller = Controller::for_stream(partner_events, partner_cache);
     let partners = partner_controller.store();
     let secret_index = Arc::new(SecretIndex::default());
@@ -219,33 +190,8 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone());
 
     let engines = Arc::new(Engines::default());
-    let new_findings_wake = engines.clone();
     let unreadable = Arc::new(readable::Unreadable::default());
-    let reader = unreadable.clone();
-    let finding_resource = ApiResource::erase::<ProbeFinding>(&());
-    let untyped: Api<DynamicObject> = match &config.namespace {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &finding_resource),
-        None => Api::all_with(client.clone(), &finding_resource),
-    };
-    let finding_events = watcher::watcher(untyped, watcher::Config::default())
-        .default_backoff()
-        .map_ok(move |event| reader.read(event))
-        // The cache holds every finding: keep it lean. Managed fields are most of an object and
-        // the operator never reads them.
-        .modify(|finding| finding.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects()
-        // A new or changed finding wakes its engines as soon as it is in the cache, however
-        // long the reconcile queue is (a restart queues every finding).
-        .inspect_ok(move |finding| {
-            let observed = finding.status.as_ref().and_then(|s| s.observed_generation);
-            if observed != finding.metadata.generation
-                && let Some(namespace) = &finding.metadata.namespace
-            {
-                tracing::trace!(finding = ?finding.metadata.name, "new or changed finding in the cache");
-                new_findings_wake.wake_namespace(namespace);
-            }
-        });
+    let finding_events = finding_events(&client, &config, writer, engines.clone(), unreadable.clone());
     let finding_controller = Controller::for_stream(finding_events, findings)
         .with_config(controller::Config::default().concurrency(16))
         .reconcile_on(UnboundedReceiverStream::new(finding_rx))
@@ -300,19 +246,99 @@ pub async fn run(
         }
         futures::future::ready(())
     });
-    // Each controller on its own task, so both cores work; dropping the set stops them.
-    let mut controllers = tokio::task::JoinSet::new();
-    controllers.spawn(partners);
-    controllers.spawn(findings);
-    // Draining is bounded: a shutdown that lands mid-start must not outlive the pod's grace period.
+    drain([partners.boxed(), findings.boxed()], shutdown).await;
+}
+
+/// Runs the controllers, each on its own task so both cores work, until they stop after
+/// `shutdown` — or `DRAIN_TIMEOUT` after it: a shutdown that lands mid-start must not outlive the
+/// pod's grace period.
+async fn drain<const N: usize>(
+    controllers: [futures::future::BoxFuture<'static, ()>; N],
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut running = tokio::task::JoinSet::new();
+    for controller in controllers {
+        running.spawn(controller);
+    }
     let drain_deadline = async {
         shutdown.await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
     };
     tokio::select! {
-        _ = async { while controllers.join_next().await.is_some() {} } => info!("controllers stopped"),
+        _ = async { while running.join_next().await.is_some() {} } => info!("controllers stopped"),
         _ = drain_deadline => warn!("controllers did not drain within {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
+}
+
+/// The partners' watch, cached in `cache`. Only what is worth a reconcile passes (see
+/// [`partner_changed`]): the reconciler's own status writes do not wake it, or a failed
+/// validation would be retried at once, past its backoff.
+fn partner_events(
+    client: &Client,
+    config: &Config,
+    cache: reflector::store::Writer<DefenderPartner>,
+    findings: Store<ProbeFinding>,
+    finding_queue: mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
+) -> impl futures::Stream<Item = Result<DefenderPartner, watcher::Error>> + Send + 'static {
+    let mut last_seen: HashMap<ObjectRef<DefenderPartner>, PartnerFacts> = HashMap::new();
+    watcher::watcher(scoped::<DefenderPartner>(client, &config.namespace), watcher::Config::default())
+        .default_backoff()
+        .reflect(cache)
+        // Findings name their partners' states: once the cache holds a partner's new state, spec
+        // or deletion (or it is gone), the findings of its namespace are reconciled.
+        .inspect_ok(move |event| {
+            let changed = match event {
+                watcher::Event::Apply(partner) | watcher::Event::InitApply(partner) => {
+                    let facts = PartnerFacts::of(partner);
+                    (last_seen.insert(ObjectRef::from_obj(partner), facts.clone()) != Some(facts)).then_some(partner)
+                }
+                watcher::Event::Delete(partner) => {
+                    last_seen.remove(&ObjectRef::from_obj(partner));
+                    Some(partner)
+                }
+                _ => None,
+            };
+            if let Some(partner) = changed {
+                wake_findings_in(partner.metadata.namespace.as_deref(), &findings, &finding_queue);
+            }
+        })
+        .touched_objects()
+        .predicate_filter(partner_changed, Default::default())
+}
+
+/// The findings' watch, cached in `cache`: read one by one (an unreadable finding is recorded in
+/// `unreadable` instead of failing the list), without managed fields.
+fn finding_events(
+    client: &Client,
+    config: &Config,
+    cache: reflector::store::Writer<ProbeFinding>,
+    engines: Arc<Engines>,
+    unreadable: Arc<readable::Unreadable>,
+) -> impl futures::Stream<Item = Result<ProbeFinding, watcher::Error>> + Send + 'static {
+    let finding_resource = ApiResource::erase::<ProbeFinding>(&());
+    let untyped: Api<DynamicObject> = match &config.namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &finding_resource),
+        None => Api::all_with(client.clone(), &finding_resource),
+    };
+    watcher::watcher(untyped, watcher::Config::default())
+        .default_backoff()
+        .map_ok(move |event| unreadable.read(event))
+        // The cache holds every finding: keep it lean. Managed fields are most of an object and
+        // the operator never reads them.
+        .modify(|finding| finding.managed_fields_mut().clear())
+        .reflect(cache)
+        .touched_objects()
+        // A new or changed finding wakes its engines as soon as it is in the cache, however long
+        // the reconcile queue is (a restart queues every finding).
+        .inspect_ok(move |finding| {
+            let observed = finding.status.as_ref().and_then(|s| s.observed_generation);
+            if observed != finding.metadata.generation
+                && let Some(namespace) = &finding.metadata.namespace
+            {
+                tracing::trace!(finding = ?finding.metadata.name, "new or changed finding in the cache");
+                engines.wake_namespace(namespace);
+            }
+        })
 }
 
 /// Queues a reconcile of every finding in `namespace`.

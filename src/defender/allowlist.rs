@@ -1,6 +1,7 @@
 //! Where the bearer token may go: Microsoft's documented Defender hosts, plus `--api-allowlist`.
 //!
-//! Built-in entries are https on port 443 only (reference/defender-api.md §5.1, §5.2). Extra
+//! Built-in entries are https on port 443 only (the commercial, regional and government hosts
+//! Microsoft documents for the Defender API). Extra
 //! entries come from the operator (`--api-allowlist`, env `DEFENDER_API_ALLOWLIST`), never from a
 //! namespace user: `http://127.0.0.1:*`, `https://*.example.com`, `https://host:8443`. Scheme,
 //! host and port must all match; plain http is allowed only by an entry that says `http://`.

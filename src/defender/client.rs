@@ -16,7 +16,9 @@ use url::Url;
 
 use super::cloud::{self, CloudEndpoints};
 use super::error::api_error;
-use super::token::{Credentials, TokenCache, describe_reqwest, request_token};
+use super::error::describe_reqwest;
+pub use super::error::parse_retry_after;
+use super::token::{Credentials, TokenCache, request_token};
 use super::{
     AccessToken, BatchDeleteOutcome, DefenderError, EndpointClass, HostPolicy, ImportResult, Indicator, MAX_BATCH,
     NewIndicator, OPTIONAL_ROLES, RateLimiter, TI_WRITE_ROLES,
@@ -29,8 +31,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Defender's largest `$top`.
 pub const MAX_PAGE: usize = 10_000;
-/// Longest `Retry-After` honoured (anything longer is capped).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// An HTTP client suited to Defender: rustls, connect timeout 10 s, request timeout 30 s, and no
 /// redirects (a redirect must never carry the bearer token to another host).
@@ -127,18 +127,6 @@ impl std::fmt::Debug for DefenderClient {
             .field("client_id", &self.inner.credentials.client_id)
             .finish_non_exhaustive()
     }
-}
-
-/// Parses `Retry-After`: delay-seconds, or an HTTP-date (capped at one hour).
-pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let raw = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = raw.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
-    }
-    let when = jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(raw).ok()?;
-    let now = jiff::Timestamp::now();
-    let secs = (when.as_millisecond() - now.as_millisecond()).max(0) as u64;
-    Some(Duration::from_millis(secs).min(MAX_RETRY_AFTER))
 }
 
 fn tenant_is_valid(tenant: &str) -> bool {
@@ -303,7 +291,7 @@ impl DefenderClient {
             .await
     }
 
-    /// DESIGN.md's sequence: token → claims (`tid`, `appid`/`azp`, `aud`) → roles →
+    /// The attach sequence: token → claims (`tid`, `appid`/`azp`, `aud`) → roles →
     /// `GET {api}/api/indicators?$top=1`.
     pub async fn validate(&self) -> Result<Validation, DefenderError> {
         let token = self.token().await?;

@@ -1,8 +1,9 @@
 //! The four clouds: login host, token resource (scope = resource + `/.default`), default API host.
 //!
-//! Source of truth: reference/defender-api.md §5.2. The token resource (and so the scope) is the
-//! cloud's MDE resource whatever API host is used (§1.3: `api.security.microsoft.com` still needs
-//! the `api.securitycenter.microsoft.com/.default` scope).
+//! As Microsoft documents the national clouds for Defender for Endpoint: the token resource (and
+//! so the scope) is the cloud's MDE resource whatever API host is used
+//! (`api.security.microsoft.com` still needs the `api.securitycenter.microsoft.com/.default`
+//! scope).
 
 use crate::api::Cloud;
 

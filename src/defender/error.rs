@@ -180,6 +180,47 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// Longest `Retry-After` honoured (anything longer is capped).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Parses `Retry-After`: delay-seconds, or an HTTP-date (capped at one hour).
+pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let raw = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = raw.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
+    }
+    let when = jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(raw).ok()?;
+    let now = jiff::Timestamp::now();
+    let secs = (when.as_millisecond() - now.as_millisecond()).max(0) as u64;
+    Some(Duration::from_millis(secs).min(MAX_RETRY_AFTER))
+}
+
+/// A reqwest error with its causes, without the URL (which is reported separately).
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "failed reading the response"
+    } else {
+        "request failed"
+    };
+    let mut out = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    let mut depth = 0;
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+        depth += 1;
+        if depth > 4 {
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

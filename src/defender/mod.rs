@@ -2,11 +2,13 @@
 //!
 //! One [`DefenderClient`] per partner (tenant + app + API host) owns all traffic for it: the
 //! token cache, the host allow-list check, and the shared per-(tenant, app, endpoint class) rate
-//! limiter. Errors carry a stable PascalCase [`DefenderError::reason`] used for conditions,
-//! events and metric labels.
+//! limiter. Errors carry a [`crate::api::PartnerReason`] ([`DefenderError::reason`]) used for
+//! conditions, events and metric labels.
 //!
-//! INTERFACE CONTRACT: the signatures below are used by the controllers and the tests; the
-//! bodies are being filled in.
+//! Layout: [`client`] makes the calls (validation, indicators) through [`ratelimit`] and
+//! [`token`] (the client-credentials flow and its cache, classified by AADSTS code); [`jwt`]
+//! reads the token's claims; [`cloud`] and [`allowlist`] decide the hosts a token may go to;
+//! [`indicators`] holds the wire types; [`error`] the errors and the parsing of error answers.
 
 pub mod allowlist;
 pub mod client;

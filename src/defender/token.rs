@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::DefenderError;
+use super::error::describe_reqwest;
 use super::jwt::Claims;
 use crate::api::PartnerReason;
 
@@ -288,7 +289,7 @@ pub async fn request_token(
         .await
         .map_err(|e| unreachable(describe_reqwest(&e)))?;
     let status = response.status().as_u16();
-    let retry_after = super::client::parse_retry_after(response.headers());
+    let retry_after = super::error::parse_retry_after(response.headers());
     let body = response.bytes().await.map_err(|e| unreachable(describe_reqwest(&e)))?;
     if (200..300).contains(&status) {
         let issued = parse_token_response(&body)?;
@@ -301,32 +302,6 @@ pub async fn request_token(
             reason = %err.reason(), "token request refused");
         Err(err)
     }
-}
-
-/// A reqwest error with its causes, without the URL (which is reported separately).
-pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "failed reading the response"
-    } else {
-        "request failed"
-    };
-    let mut out = kind.to_string();
-    let mut source = std::error::Error::source(e);
-    let mut depth = 0;
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-        depth += 1;
-        if depth > 4 {
-            break;
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
