@@ -1,4 +1,4 @@
-//! The Defender client against the Entra + Defender emulator (src/sandbox/defender).
+//! The Defender client against the Entra + Defender emulator (the sandbox crate's `emulator`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
