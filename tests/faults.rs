@@ -399,6 +399,16 @@ async fn operator_killed_mid_batch() {
 struct Elected {
     metrics: Arc<Metrics>,
     task: tokio::task::JoinHandle<Result<(), lease::Error>>,
+    /// SIGTERM: the replica drains and steps down.
+    terminate: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Elected {
+    /// Stops the replica as Kubernetes does in a rolling update: SIGTERM, then waits for it.
+    async fn terminate(mut self) {
+        let _ = self.terminate.take().unwrap().send(());
+        let _ = (&mut self.task).await;
+    }
 }
 
 /// One replica of the Deployment: `lease::run_elected` as the operator's ServiceAccount, with a
@@ -414,6 +424,7 @@ fn replica(sandbox: &Sandbox, identity: &str) -> Elected {
     let mut config = sandbox.operator_config();
     config.instance = Some(identity.into());
     let metrics = Arc::new(Metrics::default());
+    let (terminate, terminated) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(lease::run_elected(
         client,
         lease,
@@ -421,9 +432,18 @@ fn replica(sandbox: &Sandbox, identity: &str) -> Elected {
         metrics.clone(),
         Arc::new(Health::default()),
         config,
-        futures::future::pending(),
+        async move {
+            let _ = terminated.await;
+        },
     ));
-    Elected { metrics, task }
+    Elected { metrics, task, terminate: Some(terminate) }
+}
+
+/// Who holds the operator's Lease.
+async fn lease_holder(world: &World) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(world.admin.clone(), OPERATOR_NAMESPACE);
+    leases.get("defender-operator").await.ok()?.spec?.holder_identity
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,9 +460,7 @@ async fn leader_killed_while_a_follower_waits() {
     })
     .await;
     // Whoever leads is killed; the other one takes over when the lease runs out.
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(world.admin.clone(), OPERATOR_NAMESPACE);
-    let holder = leases.get("defender-operator").await.unwrap().spec.and_then(|s| s.holder_identity);
+    let holder = lease_holder(&world).await;
     let (leader, follower) = if holder.as_deref() == Some("replica-a") { (a, b) } else { (b, a) };
     leader.task.abort();
     world.defender.set_latency(Duration::ZERO);
@@ -455,4 +473,28 @@ async fn leader_killed_while_a_follower_waits() {
     )
     .await;
     follower.task.abort();
+}
+
+/// A rolling upgrade of the two-replica Deployment: a replica of the new version starts while the
+/// old leader is pushing, then the old one gets SIGTERM (as the Deployment's rollout sends it) and
+/// the new one takes over the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_replaces_the_leader_mid_push() {
+    capture();
+    let world = World { sandbox: Sandbox::start(SandboxOptions::default()).await.unwrap(), operator: None };
+    let old = replica(&world, "replica-old");
+    attach(&world).await;
+    world.defender.set_latency(Duration::from_millis(700));
+    create(&world, 0..FINDINGS).await;
+    until("an import was sent", WAIT, || {
+        world.defender.calls().iter().any(|c| c.endpoint == Endpoint::ImportIndicators)
+    })
+    .await;
+    assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-old"));
+    let new = replica(&world, "replica-new");
+    old.terminate().await;
+    world.defender.set_latency(Duration::ZERO);
+    verify_with(&world, &[new.metrics.clone()], "rolling upgrade: leader replaced mid-push", 1, 0..FINDINGS).await;
+    assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-new"));
+    new.task.abort();
 }

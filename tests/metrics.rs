@@ -35,6 +35,7 @@ async fn metrics_show_reconciles_defender_calls_and_states() {
         r#"defender_operator_partners{state="Attached"} 1"#,
         r#"defender_operator_tenant_quota_used 1"#,
         "defender_operator_kube_requests_total",
+        "defender_operator_kube_writes_total",
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }

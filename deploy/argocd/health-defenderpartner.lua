@@ -14,7 +14,7 @@ local terminal = {
   TenantNotFound = true, TenantInvalid = true, WrongCloud = true, DefenderNotProvisioned = true,
   ConfigError = true, Blocked = true, TokenMismatch = true, MissingPermission = true,
   DisabledFeature = true, ApiHostNotAllowed = true, InvalidFinding = true, PartnerNotFound = true,
-  DeliveryFailed = true, QuotaExceeded = true, PushFailed = true,
+  DeliveryFailed = true, QuotaExceeded = true, PushFailed = true, UnsupportedSpec = true,
 }
 
 local function with_message(prefix, reason, message)

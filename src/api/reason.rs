@@ -101,6 +101,7 @@ reasons! {
         Suspended => Fine, "Set it to false.";
         Deleting => Fine, "—";
         InvalidSpec => Terminal, "Set a shorter duration.";
+        UnsupportedSpec => Terminal, "Upgrade the operator (CRDs first), or remove what the message names.";
         SecretNotFound => Terminal, "Create it (same namespace).";
         SecretKeyMissing => Terminal, "Add them, or set `tenantIdKey`/`clientIdKey`/`clientSecretKey`.";
         SecretKeyInvalid => Terminal, "Store the plain value.";

@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
 
 use super::decide::{self, ValueStatus};
 use super::{Context, Error, object_key};
 use crate::api::conditions::{self, READY, Verdict};
 use crate::api::finding::ProbeFindingStatus;
-use crate::api::{DefenderPartner, Delivery, DeliveryState, FindingReason, MANAGER, PartnerState, ProbeFinding};
+use crate::api::{DefenderPartner, Delivery, DeliveryState, FindingReason, PartnerState, ProbeFinding};
 
 pub async fn reconcile(finding: Arc<ProbeFinding>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("ProbeFinding");
@@ -30,18 +29,13 @@ async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result
         partners
     };
     let status = finding_status(finding, &partners, ctx);
-    let changed = finding.status.as_ref() != Some(&status);
     // The findings watch has woken the engines of a new or changed finding (controller::run).
     if about_to_be_pushed(finding, &status) {
         // A new finding an attached engine is about to push: write once, when it is delivered,
         // instead of Pending now and Submitted a second later.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    if changed {
-        let api: Api<ProbeFinding> = Api::namespaced(ctx.client.clone(), &finding.namespace().unwrap_or_default());
-        let patch = serde_json::json!({"apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding", "status": status});
-        api.patch_status(&finding.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-    }
+    super::status::write(ctx, &**finding, &status).await?;
     ctx.succeeded(&object_key(&**finding));
     // Engines poke findings whose indicators changed; the periodic pass catches the rest
     // (e.g. a finding that expires).
@@ -72,7 +66,7 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     let now = Time(Timestamp::now());
     let mut status = ProbeFindingStatus { state: Some(state), observed_generation: generation, ..Default::default() };
 
-    if let Some(why) = ctx.unreadable.why(finding) {
+    if let Some(why) = ctx.unreadable_findings.why(finding) {
         status.state = None;
         let message = format!("the finding cannot be read: {why}; fix it to match the ProbeFinding CRD");
         let verdict = Verdict::new(READY, false, FindingReason::InvalidFinding, message);

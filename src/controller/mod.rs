@@ -5,6 +5,7 @@ pub mod decide;
 mod finding;
 pub(crate) mod partner;
 mod readable;
+mod status;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -101,14 +102,17 @@ pub struct Context {
     pub http: reqwest::Client,
     pub limiter: Arc<RateLimiter>,
     pub engines: Arc<Engines>,
-    /// Findings the API server holds but the operator cannot read, and why.
-    pub unreadable: Arc<readable::Unreadable>,
+    /// Findings and partners the API server holds but the operator cannot read, and why.
+    pub unreadable_findings: Arc<readable::Unreadable<ProbeFinding>>,
+    pub unreadable_partners: Arc<readable::Unreadable<DefenderPartner>>,
     pub partners: Store<DefenderPartner>,
     pub findings: Store<ProbeFinding>,
     pub recorder: Recorder,
     pub triggers: Triggers,
     pub metrics: Arc<Metrics>,
     pub secret_index: Arc<SecretIndex>,
+    /// Status fields the API server does not keep (an older CRD), so that they are not rewritten.
+    pruned: status::Pruned,
     /// Consecutive failures per object, for exponential backoff (kube-runtime keeps none).
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -147,6 +151,15 @@ fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     )
 }
 
+/// `K`'s objects as untyped ones, in the watched namespace or all: read one by one (`readable`).
+fn untyped<K: Resource<DynamicType = ()>>(client: &Client, config: &Config) -> Api<DynamicObject> {
+    let resource = ApiResource::erase::<K>(&());
+    match &config.namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope>,
@@ -173,7 +186,15 @@ pub async fn run(
 
     let (findings, writer) = reflector::store::<ProbeFinding>();
     let (partner_cache, partner_writer) = reflector::store::<DefenderPartner>();
-    let partner_events = partner_events(&client, &config, partner_writer, findings.clone(), finding_tx.clone());
+    let unreadable_partners = Arc::new(readable::Unreadable::default());
+    let partner_events = partner_events(
+        &client,
+        &config,
+        partner_writer,
+        unreadable_partners.clone(),
+        findings.clone(),
+        finding_tx.clone(),
+    );
     let partner_controller = Controller::for_stream(partner_events, partner_cache);
     let partners = partner_controller.store();
     let secret_index = Arc::new(SecretIndex::default());
@@ -190,8 +211,8 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone());
 
     let engines = Arc::new(Engines::default());
-    let unreadable = Arc::new(readable::Unreadable::default());
-    let finding_events = finding_events(&client, &config, writer, engines.clone(), unreadable.clone());
+    let unreadable_findings = Arc::new(readable::Unreadable::default());
+    let finding_events = finding_events(&client, &config, writer, engines.clone(), unreadable_findings.clone());
     let finding_controller = Controller::for_stream(finding_events, findings)
         .with_config(controller::Config::default().concurrency(16))
         .reconcile_on(UnboundedReceiverStream::new(finding_rx))
@@ -209,11 +230,13 @@ pub async fn run(
         http: crate::defender::client::default_http_client().expect("the HTTP client builds (TLS roots load)"),
         limiter,
         engines,
-        unreadable,
+        unreadable_findings,
+        unreadable_partners,
         partners,
         findings,
         triggers: Triggers { findings: finding_tx, partners: partner_tx },
         failures: Mutex::default(),
+        pruned: status::Pruned::default(),
         secret_index,
         metrics,
         config,
@@ -270,19 +293,22 @@ async fn drain<const N: usize>(
     }
 }
 
-/// The partners' watch, cached in `cache`. Only what is worth a reconcile passes (see
+/// The partners' watch, cached in `cache`: read one by one (an unreadable partner is recorded in
+/// `unreadable` and reported on its own). Only what is worth a reconcile passes (see
 /// [`partner_changed`]): the reconciler's own status writes do not wake it, or a failed
 /// validation would be retried at once, past its backoff.
 fn partner_events(
     client: &Client,
     config: &Config,
     cache: reflector::store::Writer<DefenderPartner>,
+    unreadable: Arc<readable::Unreadable<DefenderPartner>>,
     findings: Store<ProbeFinding>,
     finding_queue: mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
 ) -> impl futures::Stream<Item = Result<DefenderPartner, watcher::Error>> + Send + 'static {
     let mut last_seen: HashMap<ObjectRef<DefenderPartner>, PartnerFacts> = HashMap::new();
-    watcher::watcher(scoped::<DefenderPartner>(client, &config.namespace), watcher::Config::default())
+    watcher::watcher(untyped::<DefenderPartner>(client, config), watcher::Config::default())
         .default_backoff()
+        .map_ok(move |event| unreadable.read(event))
         .reflect(cache)
         // Findings name their partners' states: once the cache holds a partner's new state, spec
         // or deletion (or it is gone), the findings of its namespace are reconciled.
@@ -313,14 +339,9 @@ fn finding_events(
     config: &Config,
     cache: reflector::store::Writer<ProbeFinding>,
     engines: Arc<Engines>,
-    unreadable: Arc<readable::Unreadable>,
+    unreadable: Arc<readable::Unreadable<ProbeFinding>>,
 ) -> impl futures::Stream<Item = Result<ProbeFinding, watcher::Error>> + Send + 'static {
-    let finding_resource = ApiResource::erase::<ProbeFinding>(&());
-    let untyped: Api<DynamicObject> = match &config.namespace {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &finding_resource),
-        None => Api::all_with(client.clone(), &finding_resource),
-    };
-    watcher::watcher(untyped, watcher::Config::default())
+    watcher::watcher(untyped::<ProbeFinding>(client, config), watcher::Config::default())
         .default_backoff()
         .map_ok(move |event| unreadable.read(event))
         // The cache holds every finding: keep it lean. Managed fields are most of an object and

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizing, finalizer};
@@ -20,9 +19,7 @@ use super::decide::partner::{self as decide, Decision, EngineStep, Next, Unusabl
 use super::{Context, Error, object_key};
 use crate::api::partner::DefenderPartnerStatus;
 use crate::api::reason::{Outlook, Reason};
-use crate::api::{
-    DefenderPartner, DeletionPolicy, DeliveryState, EventReason, FINALIZER, MANAGER, PartnerReason, PartnerState,
-};
+use crate::api::{DefenderPartner, DeletionPolicy, DeliveryState, EventReason, FINALIZER, PartnerReason, PartnerState};
 use crate::defender::{ClientOptions, Credentials, DefenderClient};
 
 pub async fn reconcile(partner: Arc<DefenderPartner>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -82,7 +79,8 @@ pub fn error_policy(partner: Arc<DefenderPartner>, error: &Error, ctx: Arc<Conte
 /// read, and the last validation kept or Entra and Defender asked; one place then acts.
 async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, Error> {
     ctx.secret_index.record(&partner);
-    if let Some(decision) = decide::from_spec(&partner) {
+    let unreadable = ctx.unreadable_partners.why(&partner);
+    if let Some(decision) = decide::from_spec(&partner, unreadable.as_deref()) {
         return act(&partner, decision, None, ctx).await;
     }
     let connection = connect(&partner, ctx).await?;
@@ -166,6 +164,11 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
     // Deleting is the newer intent than suspending: a suspended partner's indicators are withdrawn
     // too when its policy says so.
     if partner.spec.deletion_policy == DeletionPolicy::Retain {
+        return Ok(Action::await_change());
+    }
+    if let Some(why) = ctx.unreadable_partners.why(&partner) {
+        let note = format!("indicators were left in Defender: this operator cannot read the partner: {why}");
+        publish(ctx, &partner, EventReason::IndicatorsNotWithdrawn, note).await;
         return Ok(Action::await_change());
     }
     let deleting = |message: &str| decide::deleting(&partner, message, Timestamp::now());
@@ -334,20 +337,13 @@ fn ensure_engine(partner: &Arc<DefenderPartner>, client: DefenderClient, identit
     }
 }
 
-/// Writes status by server-side apply, only when it changed; publishes an event when the state
-/// or reason changed.
+/// Writes status when it changed (see `status::write`); publishes an event when the state or
+/// reason changed.
 async fn write_status(partner: &DefenderPartner, status: DefenderPartnerStatus, ctx: &Context) -> Result<(), Error> {
     let previous = partner.status.clone().unwrap_or_default();
-    if previous == status {
+    if !super::status::write(ctx, partner, &status).await? {
         return Ok(());
     }
-    let api: Api<DefenderPartner> = Api::namespaced(ctx.client.clone(), &partner.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "detect.dev/v1alpha1",
-        "kind": "DefenderPartner",
-        "status": status,
-    });
-    api.patch_status(&partner.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
     if (previous.state, &previous.reason) != (status.state, &status.reason) {
         info!(partner = %partner.owner_marker(), state = ?status.state, reason = status.reason.as_deref().unwrap_or(""), "partner state changed");
         // The status was built from a PartnerReason: its spelling parses back.

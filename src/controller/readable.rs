@@ -1,76 +1,118 @@
-//! Findings are watched as untyped objects and read one by one, so that one the API server
-//! accepted but the operator cannot read (a CRD version skew, a schema looser than the types)
-//! becomes an `InvalidFinding` of its own instead of failing the list and stalling every finding.
+//! Partners and findings are watched as untyped objects and read one by one, so that one the API
+//! server accepted but the operator cannot read (a CRD newer or older than the operator, a schema
+//! looser than the types) is reported on its own — `UnsupportedSpec` for a partner,
+//! `InvalidFinding` for a finding — instead of failing the list and stalling every other one.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Mutex;
 
-use kube::api::DynamicObject;
+use kube::api::{DynamicObject, ObjectMeta};
 use kube::runtime::watcher::Event;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::api::finding::TestRef;
-use crate::api::{ProbeFinding, ProbeFindingSpec};
+use crate::api::{DefenderPartner, ProbeFinding, ProbeFindingSpec};
 
-/// Why each unreadable finding (`namespace/name`) could not be read.
-#[derive(Default)]
-pub struct Unreadable(Mutex<HashMap<String, String>>);
+/// A kind read one by one: what stands in for an object the operator cannot read.
+pub trait Readable: DeserializeOwned {
+    /// The object with its metadata and status, and a spec that does nothing harmful: it pushes
+    /// nothing and withdraws nothing.
+    fn stand_in(metadata: ObjectMeta, data: &Value) -> Self;
+}
 
-impl Unreadable {
-    /// The watch event with its object read as a finding.
-    pub fn read(&self, event: Event<DynamicObject>) -> Event<ProbeFinding> {
+impl Readable for ProbeFinding {
+    fn stand_in(metadata: ObjectMeta, data: &Value) -> Self {
+        let spec = ProbeFindingSpec {
+            test: TestRef { id: String::new(), name: String::new() },
+            endpoint: None,
+            state: None,
+            code: None,
+            observed_time: None,
+            indicators: Vec::new(),
+            partner_ref: None,
+        };
+        ProbeFinding { metadata, spec, status: readable_status(data) }
+    }
+}
+
+impl Readable for DefenderPartner {
+    /// Keeps what can still be read on its own (which findings it selects, whether it is
+    /// suspended, its deletion policy), so its findings and its deletion stay as they were.
+    fn stand_in(metadata: ObjectMeta, data: &Value) -> Self {
+        let spec = &data["spec"];
+        let mut readable = serde_json::json!({"credentials": {"secretRef": {"name": ""}}});
+        for field in ["findingSelector", "suspend", "deletionPolicy"] {
+            let mut one = readable.clone();
+            one[field] = spec[field].clone();
+            if !spec[field].is_null() && serde_json::from_value::<crate::api::DefenderPartnerSpec>(one).is_ok() {
+                readable[field] = spec[field].clone();
+            }
+        }
+        let spec = serde_json::from_value(readable).expect("the stand-in spec reads");
+        DefenderPartner { metadata, spec, status: readable_status(data) }
+    }
+}
+
+/// The status the operator wrote is readable on its own; keeping it means an unchanged verdict is
+/// not written again.
+fn readable_status<S: DeserializeOwned>(data: &Value) -> Option<S> {
+    serde_json::from_value(data["status"].clone()).ok()
+}
+
+/// Why each unreadable object (`namespace/name`) of kind `K` could not be read.
+pub struct Unreadable<K>(Mutex<HashMap<String, String>>, PhantomData<fn() -> K>);
+
+impl<K> Default for Unreadable<K> {
+    fn default() -> Self {
+        Self(Mutex::default(), PhantomData)
+    }
+}
+
+impl<K: Readable + kube::Resource> Unreadable<K> {
+    /// The watch event with its object read as a `K`.
+    pub fn read(&self, event: Event<DynamicObject>) -> Event<K> {
         match event {
-            Event::Apply(object) => Event::Apply(self.finding(object)),
-            Event::InitApply(object) => Event::InitApply(self.finding(object)),
+            Event::Apply(object) => Event::Apply(self.object(object)),
+            Event::InitApply(object) => Event::InitApply(self.object(object)),
             Event::Delete(object) => {
-                let finding = self.finding(object);
-                self.0.lock().unwrap().remove(&key(&finding.metadata));
-                Event::Delete(finding)
+                let object = self.object(object);
+                self.0.lock().unwrap().remove(&key(object.meta()));
+                Event::Delete(object)
             }
             Event::Init => Event::Init,
             Event::InitDone => Event::InitDone,
         }
     }
 
-    /// Why this finding could not be read, if it could not.
-    pub fn why(&self, finding: &ProbeFinding) -> Option<String> {
-        self.0.lock().unwrap().get(&key(&finding.metadata)).cloned()
+    /// Why this object could not be read, if it could not.
+    pub fn why(&self, object: &K) -> Option<String> {
+        self.0.lock().unwrap().get(&key(object.meta())).cloned()
     }
 
-    /// The finding, or a stand-in with its metadata and no indicators (which pushes nothing).
-    fn finding(&self, object: DynamicObject) -> ProbeFinding {
+    /// The object, or its stand-in.
+    fn object(&self, object: DynamicObject) -> K {
         let key = key(&object.metadata);
         // The error names the field (`spec.code: invalid value …`).
         let read = serde_json::to_value(&object).map_err(|e| e.to_string()).and_then(|value| {
-            serde_path_to_error::deserialize::<_, ProbeFinding>(value)
-                .map_err(|e| format!("{}: {}", e.path(), e.inner()))
+            serde_path_to_error::deserialize::<_, K>(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
         });
         let mut unreadable = self.0.lock().unwrap();
         match read {
-            Ok(finding) => {
+            Ok(read) => {
                 unreadable.remove(&key);
-                finding
+                read
             }
             Err(error) => {
                 unreadable.insert(key, error);
-                let spec = ProbeFindingSpec {
-                    test: TestRef { id: String::new(), name: String::new() },
-                    endpoint: None,
-                    state: None,
-                    code: None,
-                    observed_time: None,
-                    indicators: Vec::new(),
-                    partner_ref: None,
-                };
-                // The status the operator wrote is readable on its own; keeping it means an
-                // unchanged verdict is not written again.
-                let status = serde_json::from_value(object.data["status"].clone()).ok();
-                ProbeFinding { metadata: object.metadata, spec, status }
+                K::stand_in(object.metadata, &object.data)
             }
         }
     }
 }
 
-fn key(metadata: &kube::api::ObjectMeta) -> String {
+fn key(metadata: &ObjectMeta) -> String {
     format!("{}/{}", metadata.namespace.as_deref().unwrap_or_default(), metadata.name.as_deref().unwrap_or_default())
 }
 
@@ -88,7 +130,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_finding_becomes_a_stand_in_until_it_is_fixed_or_deleted() {
-        let unreadable = Unreadable::default();
+        let unreadable = Unreadable::<ProbeFinding>::default();
         let bad =
             object(serde_json::json!({"test": {"id": "x", "name": "y"}, "code": 4294967296u64, "indicators": []}));
         let Event::Apply(finding) = unreadable.read(Event::Apply(bad.clone())) else { panic!("an Apply") };
@@ -106,5 +148,26 @@ mod tests {
         unreadable.read(Event::Apply(bad.clone()));
         let Event::Delete(finding) = unreadable.read(Event::Delete(bad)) else { panic!("a Delete") };
         assert_eq!(unreadable.why(&finding), None, "forgotten once deleted");
+    }
+
+    #[test]
+    fn an_unreadable_partner_keeps_what_can_be_read_and_nothing_else() {
+        let unreadable = Unreadable::<DefenderPartner>::default();
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
+            "metadata": {"name": "p", "namespace": "team"},
+            "spec": {"credentials": {"type": "WorkloadIdentity", "serviceAccountRef": {"name": "sa"}},
+                     "findingSelector": {"matchLabels": {"team": "red"}}, "deletionPolicy": "Delete",
+                     "suspend": "not a bool"},
+            "status": {"state": "Attached", "reason": "Attached"}
+        }))
+        .unwrap();
+        let Event::Apply(partner) = unreadable.read(Event::Apply(object)) else { panic!("an Apply") };
+        let why = unreadable.why(&partner).unwrap();
+        assert!(why.starts_with("spec.credentials"), "{why}");
+        assert_eq!(partner.spec.deletion_policy, crate::api::DeletionPolicy::Delete);
+        assert!(partner.spec.finding_selector.is_some());
+        assert!(!partner.spec.suspend, "an unreadable field falls back to its default");
+        assert_eq!(partner.status.and_then(|s| s.reason).as_deref(), Some("Attached"));
     }
 }

@@ -46,9 +46,13 @@ pub struct Metrics {
     pub indicators: Family<StateLabels, Gauge>,
     pub quota_used: Gauge,
     pub kube_requests: Counter,
+    /// The requests that write (create, update, patch, delete).
+    pub kube_writes: Counter,
     pub defender_requests: Family<DefenderLabels, Counter>,
     pub defender_request_duration: Family<OperationLabels, Histogram>,
     pub defender_throttled: Family<OperationLabels, Counter>,
+    /// Status fields the API server did not keep (an older CRD prunes them), each counted once.
+    pub status_writes_not_kept: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,6 +76,12 @@ impl Default for Metrics {
         );
         let kube_requests = Counter::default();
         registry.register("kube_requests", "Requests sent to the Kubernetes API server", kube_requests.clone());
+        let kube_writes = Counter::default();
+        registry.register(
+            "kube_writes",
+            "Requests sent to the Kubernetes API server that write (status, events, finalizers, leases)",
+            kube_writes.clone(),
+        );
         let defender_requests = Family::<DefenderLabels, Counter>::default();
         registry.register(
             "defender_requests",
@@ -92,6 +102,13 @@ impl Default for Metrics {
             "Defender API calls answered 429 (throttled)",
             defender_throttled.clone(),
         );
+        let status_writes_not_kept = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "status_writes_not_kept",
+            "Status fields the API server did not keep (the installed CRD is older than the operator), each counted \
+             once: they are no longer written",
+            status_writes_not_kept.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -100,9 +117,11 @@ impl Default for Metrics {
             indicators,
             quota_used,
             kube_requests,
+            kube_writes,
             defender_requests,
             defender_request_duration,
             defender_throttled,
+            status_writes_not_kept,
         }
     }
 }

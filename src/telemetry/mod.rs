@@ -13,6 +13,9 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 pub fn kube_client(config: kube::Config, metrics: std::sync::Arc<Metrics>) -> Result<kube::Client, kube::Error> {
     let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
         metrics.kube_requests.inc();
+        if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+            metrics.kube_writes.inc();
+        }
         request
     });
     Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())

@@ -113,9 +113,17 @@ pub struct Validate {
     pub requested: Option<String>,
 }
 
-/// Decided from the spec alone, before anything is read: suspended, or a spec the operator cannot
-/// honour (a duration over its maximum, named with its field).
-pub fn from_spec(partner: &DefenderPartner) -> Option<Decision> {
+/// Decided from the spec alone, before anything is read: a partner the operator could not read
+/// (`unreadable` says why, naming the field), suspended, or a spec the operator cannot honour (a
+/// duration over its maximum, named with its field).
+pub fn from_spec(partner: &DefenderPartner, unreadable: Option<&str>) -> Option<Decision> {
+    if let Some(why) = unreadable {
+        let message = format!(
+            "defender-operator {} cannot read this partner: {why}; upgrade the operator (CRDs first) or remove it",
+            env!("CARGO_PKG_VERSION")
+        );
+        return Some(Decision::detach(Detach::new(PartnerReason::UnsupportedSpec, message)));
+    }
     if partner.spec.suspend {
         let message = "spec.suspend is true: nothing is pushed or withdrawn";
         return Some(Decision::detach(Detach::new(PartnerReason::Suspended, message)));
@@ -422,7 +430,7 @@ pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (P
         }
         Attachment::Detached { reason, message, credentials_ok, permissions_ok } => {
             // Suspended, deleting or an unusable spec: the credentials were not even tried.
-            let unchecked = matches!(reason, Suspended | Deleting | InvalidSpec);
+            let unchecked = matches!(reason, Suspended | Deleting | InvalidSpec | UnsupportedSpec);
             let credentials = if *credentials_ok {
                 Verdict::new(CREDENTIALS_VALID, true, Valid, "a token was issued for the configured tenant and app")
             } else if unchecked {
@@ -489,18 +497,24 @@ mod tests {
     fn suspension_and_an_unusable_spec_detach_before_anything_is_read() {
         let mut suspended = partner(None, serde_json::json!({}));
         suspended.spec.suspend = true;
-        let decision = from_spec(&suspended).unwrap();
+        let decision = from_spec(&suspended, None).unwrap();
         assert_eq!(decision.engine, EngineStep::Stop);
         assert!(matches!(&decision.status, StatusUpdate::Detached(d) if d.reason == PartnerReason::Suspended));
         assert!(matches!(decision.next, Next::AwaitChange));
 
         let mut invalid = partner(None, serde_json::json!({}));
         invalid.spec.revalidate_interval = "200h".into();
-        let decision = from_spec(&invalid).unwrap();
+        let decision = from_spec(&invalid, None).unwrap();
         let StatusUpdate::Detached(detach) = &decision.status else { panic!("{decision:?}") };
         assert_eq!(detach.reason, PartnerReason::InvalidSpec);
         assert!(detach.message.contains("revalidateInterval"), "{}", detach.message);
-        assert!(from_spec(&partner(None, serde_json::json!({}))).is_none());
+        assert!(from_spec(&partner(None, serde_json::json!({})), None).is_none());
+        // What the operator cannot read comes first, naming the field and the operator's version.
+        let decision = from_spec(&suspended, Some("spec.credentials: missing field `secretRef`")).unwrap();
+        let StatusUpdate::Detached(detach) = &decision.status else { panic!("{decision:?}") };
+        assert_eq!(detach.reason, PartnerReason::UnsupportedSpec);
+        assert!(detach.message.contains("spec.credentials") && detach.message.contains(env!("CARGO_PKG_VERSION")));
+        assert_eq!(decision.engine, EngineStep::Stop);
     }
 
     #[test]
