@@ -1571,3 +1571,271 @@ async fn a_paginated_list_is_one_list_and_its_watch_misses_nothing() {
     );
     s.shutdown().await;
 }
+
+mod service_account_tokens {
+    //! TokenRequest and the issuer's discovery, as kube-apiserver serves them.
+    use super::*;
+    use base64::Engine as _;
+
+    const EXCHANGE: &str = "api://AzureADTokenExchange";
+
+    fn token_path(ns: &str, name: &str) -> String {
+        format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token")
+    }
+
+    fn token_request(audiences: &[&str], expiration_seconds: Option<i64>) -> Value {
+        let mut spec = json!({"audiences": audiences});
+        if let Some(e) = expiration_seconds {
+            spec["expirationSeconds"] = json!(e);
+        }
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+    }
+
+    async fn create_sa(s: &KubeApiServer, ns: &str, name: &str) -> String {
+        let (code, sa) = raw(
+            s,
+            &s.admin_token(),
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            "application/json",
+            Some(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})),
+        )
+        .await;
+        assert_eq!(code, 201, "{sa}");
+        sa["metadata"]["uid"].as_str().unwrap().to_string()
+    }
+
+    fn jwt_part(token: &str, i: usize) -> Value {
+        let part = token.split('.').nth(i).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    /// A client that trusts the server's self-signed certificate, as a relying party configured
+    /// with it would.
+    fn https_client(s: &KubeApiServer) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(s.certificate_pem().as_bytes()).unwrap();
+        reqwest::Client::builder().tls_certs_only([ca]).no_proxy().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_request_issues_kube_claims_that_the_issuer_discovery_verifies() {
+        let s = server().await;
+        let uid = create_sa(&s, "default", "partner").await;
+        let (code, tr) = raw(
+            &s,
+            &s.admin_token(),
+            "POST",
+            &token_path("default", "partner"),
+            "application/json",
+            Some(token_request(&[EXCHANGE], Some(1200))),
+        )
+        .await;
+        assert_eq!(code, 201, "{tr}");
+        assert_eq!(
+            (tr["kind"].as_str(), tr["apiVersion"].as_str()),
+            (Some("TokenRequest"), Some("authentication.k8s.io/v1"))
+        );
+        assert_eq!(tr["spec"]["expirationSeconds"], 1200);
+        let token = tr["status"]["token"].as_str().unwrap();
+        let expires: jiff::Timestamp = tr["status"]["expirationTimestamp"].as_str().unwrap().parse().unwrap();
+        let header = jwt_part(token, 0);
+        let claims = jwt_part(token, 1);
+        assert_eq!(header["alg"], "RS256");
+        assert!(header["kid"].as_str().is_some_and(|k| !k.is_empty()), "{header}");
+        assert_eq!(claims["iss"], s.service_account_issuer());
+        assert_eq!(s.service_account_issuer(), s.https_url());
+        assert_eq!(claims["sub"], "system:serviceaccount:default:partner");
+        assert_eq!(claims["aud"], json!([EXCHANGE]));
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 1200);
+        assert_eq!(claims["nbf"], claims["iat"]);
+        assert_eq!(claims["exp"].as_i64().unwrap(), expires.as_second());
+        assert!(claims["jti"].as_str().is_some_and(|j| uuid::Uuid::parse_str(j).is_ok()), "{claims}");
+        assert_eq!(
+            claims["kubernetes.io"],
+            json!({"namespace": "default", "serviceaccount": {"name": "partner", "uid": uid}})
+        );
+
+        // As Entra does: discovery without credentials, then the keys, then the signature.
+        let http = https_client(&s);
+        let discovery: Value = http
+            .get(format!("{}/.well-known/openid-configuration", s.service_account_issuer()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(discovery["issuer"], s.service_account_issuer());
+        assert_eq!(discovery["response_types_supported"], json!(["id_token"]));
+        assert_eq!(discovery["subject_types_supported"], json!(["public"]));
+        assert_eq!(discovery["id_token_signing_alg_values_supported"], json!(["RS256"]));
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            http.get(discovery["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+        let jwk = jwks.find(header["kid"].as_str().unwrap()).expect("the token's kid is published");
+        let raw_jwk = serde_json::to_value(jwk).unwrap();
+        assert_eq!(
+            (raw_jwk["kty"].as_str(), raw_jwk["use"].as_str(), raw_jwk["alg"].as_str()),
+            (Some("RSA"), Some("sig"), Some("RS256"))
+        );
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&[EXCHANGE]);
+        validation.set_issuer(&[s.service_account_issuer()]);
+        jsonwebtoken::decode::<Value>(token, &key, &validation).expect("verifies with the published key");
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn token_request_defaults_bounds_and_cap_are_kube_apiservers() {
+        let s = server().await;
+        create_sa(&s, "default", "partner").await;
+        let admin = s.admin_token();
+        let post = |body: Value| {
+            let s = &s;
+            let admin = &admin;
+            async move { raw(s, admin, "POST", &token_path("default", "partner"), "application/json", Some(body)).await }
+        };
+        // no audiences: the API server's own (the issuer); no expiration: one hour
+        let (code, tr) = post(token_request(&[], None)).await;
+        assert_eq!(code, 201, "{tr}");
+        assert_eq!(tr["spec"]["audiences"], json!([s.service_account_issuer()]));
+        assert_eq!(tr["spec"]["expirationSeconds"], 3600);
+        for (seconds, why) in [
+            (599, "may not specify a duration less than 10 minutes"),
+            ((1i64 << 32) + 1, "may not specify a duration larger than 2^32 seconds"),
+        ] {
+            let (code, status) = post(token_request(&[EXCHANGE], Some(seconds))).await;
+            assert_eq!((code, status["reason"].as_str()), (422, Some("Invalid")), "{status}");
+            assert_eq!(
+                status["message"],
+                format!(
+                    "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: Invalid value: {seconds}: {why}"
+                )
+            );
+            assert_eq!(status["details"]["causes"][0]["field"], "spec.expirationSeconds");
+        }
+        let (code, tr) = post(token_request(&[EXCHANGE], Some(600))).await;
+        assert_eq!((code, tr["spec"]["expirationSeconds"].as_i64()), (201, Some(600)));
+        // over the server's maximum (24 h by default): shortened, with a warning
+        let r = reqwest::Client::new()
+            .post(format!("{}{}", s.url(), token_path("default", "partner")))
+            .bearer_auth(&admin)
+            .json(&token_request(&[EXCHANGE], Some(48 * 3600)))
+            .send()
+            .await
+            .unwrap();
+        let warning = r.headers().get("warning").map(|w| w.to_str().unwrap().to_string());
+        let tr: Value = r.json().await.unwrap();
+        assert_eq!(tr["spec"]["expirationSeconds"], 86400);
+        assert_eq!(
+            warning.as_deref(),
+            Some("299 - \"requested expiration of 172800 seconds shortened to 86400 seconds\"")
+        );
+        // the body's name must be the URL's
+        let mut named = token_request(&[EXCHANGE], None);
+        named["metadata"] = json!({"name": "other"});
+        let (code, status) = post(named).await;
+        assert_eq!(code, 422, "{status}");
+        assert!(status["message"].as_str().unwrap().contains("must match the service account name if specified"));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn token_request_is_rbac_checked_and_needs_the_service_account() {
+        let s = server().await;
+        create_sa(&s, "default", "partner").await;
+        create_sa(&s, "default", "other").await;
+        let operator = s.service_account_token("default", "operator");
+        let body = token_request(&[EXCHANGE], None);
+        let (code, status) =
+            raw(&s, &operator, "POST", &token_path("default", "partner"), "application/json", Some(body.clone())).await;
+        assert_eq!((code, status["reason"].as_str()), (403, Some("Forbidden")), "{status}");
+        assert_eq!(
+            status["message"],
+            "serviceaccounts \"partner\" is forbidden: User \"system:serviceaccount:default:operator\" cannot create resource \"serviceaccounts/token\" in API group \"\" in the namespace \"default\""
+        );
+        let rbac = [
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "mint"},
+                   "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"],
+                              "resourceNames": ["partner"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "mint"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mint"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": "default"}]}),
+        ];
+        for (object, plural) in rbac.iter().zip(["roles", "rolebindings"]) {
+            let path = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/default/{plural}");
+            let (code, _) = raw(&s, &s.admin_token(), "POST", &path, "application/json", Some(object.clone())).await;
+            assert_eq!(code, 201);
+        }
+        let (code, _) =
+            raw(&s, &operator, "POST", &token_path("default", "partner"), "application/json", Some(body.clone())).await;
+        assert_eq!(code, 201, "allowed for the named ServiceAccount");
+        let (code, _) =
+            raw(&s, &operator, "POST", &token_path("default", "other"), "application/json", Some(body.clone())).await;
+        assert_eq!(code, 403, "resourceNames limits it to that one");
+        let (code, status) =
+            raw(&s, &s.admin_token(), "POST", &token_path("default", "ghost"), "application/json", Some(body)).await;
+        assert_eq!((code, status["reason"].as_str()), (404, Some("NotFound")), "{status}");
+        assert_eq!(status["message"], "serviceaccounts \"ghost\" not found");
+        assert_eq!(status["details"], json!({"name": "ghost", "kind": "serviceaccounts"}));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_authenticate_as_the_service_account_for_the_api_audience_only() {
+        let s = server().await;
+        create_sa(&s, "default", "partner").await;
+        let mint = |audiences: Vec<&'static str>| {
+            let s = &s;
+            async move {
+                let (code, tr) = raw(
+                    s,
+                    &s.admin_token(),
+                    "POST",
+                    &token_path("default", "partner"),
+                    "application/json",
+                    Some(token_request(&audiences, None)),
+                )
+                .await;
+                assert_eq!(code, 201, "{tr}");
+                tr["status"]["token"].as_str().unwrap().to_string()
+            }
+        };
+        let api_token = mint(vec![]).await;
+        let (code, status) = raw(&s, &api_token, "GET", "/api/v1/namespaces/default/secrets", "", None).await;
+        assert_eq!(code, 403, "authenticated, not authorised: {status}");
+        assert!(status["message"].as_str().unwrap().contains("User \"system:serviceaccount:default:partner\""));
+        let exchange_token = mint(vec![EXCHANGE]).await;
+        let (code, _) = raw(&s, &exchange_token, "GET", "/api/v1/namespaces/default/secrets", "", None).await;
+        assert_eq!(code, 401, "a token for another audience is not for the API server");
+        // an expired token, and one whose ServiceAccount is gone, no longer authenticate
+        let issuer = s.service_account_issuer();
+        let old = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
+        let expired =
+            s.service_account_jwt_at("default", "partner", &[&issuer], old, Duration::from_secs(600)).unwrap();
+        let (code, _) = raw(&s, &expired, "GET", "/api/v1/namespaces/default/secrets", "", None).await;
+        assert_eq!(code, 401);
+        let (code, _) =
+            raw(&s, &s.admin_token(), "DELETE", "/api/v1/namespaces/default/serviceaccounts/partner", "", None).await;
+        assert_eq!(code, 200);
+        let (code, _) = raw(&s, &api_token, "GET", "/api/v1/namespaces/default/secrets", "", None).await;
+        assert_eq!(code, 401);
+        s.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kubectl_create_token() {
+        let s = server().await;
+        let k = Kubectl::new(&s, &s.admin_token(), "token");
+        k.ok(&["create", "serviceaccount", "partner", "-n", "default"]).await;
+        let token =
+            k.ok(&["create", "token", "partner", "--audience", EXCHANGE, "--duration", "20m", "-n", "default"]).await;
+        let claims = jwt_part(token.trim(), 1);
+        assert_eq!(claims["aud"], json!([EXCHANGE]));
+        assert_eq!(claims["sub"], "system:serviceaccount:default:partner");
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 1200);
+        let (ok, _, err) = k.run(&["create", "token", "ghost", "-n", "default"]).await;
+        assert!(!ok && err.contains("serviceaccounts \"ghost\" not found"), "{err}");
+        s.shutdown().await;
+    }
+}

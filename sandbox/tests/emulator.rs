@@ -652,10 +652,13 @@ async fn machines_and_alerts() {
     let token = good_token(&emu).await;
     let (status, body) = get(&emu, &token, "/api/machines").await;
     assert_eq!(status, 200);
-    assert_eq!(body["value"].as_array().unwrap().len(), 2);
+    let names = dns_names(&body);
+    for name in ["sandbox-win11-01", "sandbox-win11-02", "laptop-7", "server-2"] {
+        assert!(names.contains(&format!("{name}.{TENANT_DOMAIN}")), "{names:?}");
+    }
     assert!(body["@odata.context"].as_str().unwrap().ends_with("#Machines"));
     let (_, body) = get(&emu, &token, "/api/alerts").await;
-    assert!(body["value"][0].get("evidence").is_none());
+    assert_eq!(body["value"][0]["evidence"], json!([]), "lists carry evidence only with $expand");
     let (_, body) = get(&emu, &token, "/api/alerts?$top=10&$expand=evidence").await;
     assert!(body["value"][0]["evidence"][0]["sha256"].is_string());
     emu.set_machines(TENANT_ID, vec![]);
@@ -690,4 +693,496 @@ async fn dropping_the_last_handle_stops_the_server() {
         assert!(Instant::now() < deadline, "server still answering");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---- Machines, antivirus health and alerts ----
+
+fn dns_names(body: &Value) -> Vec<String> {
+    body["value"].as_array().unwrap().iter().map(|m| m["computerDnsName"].as_str().unwrap().to_owned()).collect()
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{name}.{TENANT_DOMAIN}")
+}
+
+/// The sandbox, with `Machine.ReadWrite.All` added to the good app.
+async fn sandbox_with_machine_write() -> Emulator {
+    let mut config = EmulatorConfig::sandbox();
+    let good = config.tenants[0].apps.iter_mut().find(|a| a.client_id == GOOD_APP_ID).unwrap();
+    good.roles.push("Machine.ReadWrite.All".into());
+    Emulator::start(config).await.unwrap()
+}
+
+/// An unquoted OData DateTimeOffset literal.
+fn odata_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.fZ").to_string()
+}
+
+fn len(body: &Value) -> usize {
+    body["value"].as_array().unwrap_or_else(|| panic!("a list: {body}")).len()
+}
+
+#[tokio::test]
+async fn default_machines_show_each_readiness_case() {
+    use defender_sandbox::emulator::sandbox_machines::*;
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let (_, machine) = get(&emu, &token, &format!("/api/machines/{}", fqdn(LAPTOP_7))).await;
+    assert_eq!(machine["onboardingStatus"], "Onboarded");
+    assert_eq!(machine["healthStatus"], "Active");
+    assert_eq!(machine["defenderAvStatus"], "Updated");
+    let id = machine["id"].as_str().unwrap();
+    assert!(id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    for key in ["firstSeen", "lastSeen", "osPlatform", "osBuild", "version", "osArchitecture", "lastIpAddress"] {
+        assert!(!machine[key].is_null(), "{key}: {machine}");
+    }
+    for key in ["lastExternalIpAddress", "riskScore", "exposureLevel", "deviceValue", "rbacGroupId", "aadDeviceId"] {
+        assert!(!machine[key].is_null(), "{key}: {machine}");
+    }
+    assert_eq!(machine["ipAddresses"][0]["ipAddress"], machine["lastIpAddress"]);
+    assert_eq!(machine["isPotentialDuplication"], false);
+    assert!(machine["agentVersion"].is_string());
+
+    let (_, av) = get(&emu, &token, "/api/deviceavinfo").await;
+    let row = |name: &str| {
+        let id = emu.machine_id(TENANT_ID, name).unwrap();
+        av["value"].as_array().unwrap().iter().find(|r| r["machineId"] == id.as_str()).cloned()
+    };
+    let ready = row(LAPTOP_7).unwrap();
+    assert_eq!(ready["avMode"], "0");
+    assert_eq!(ready["avIsPlatformUpToDate"], "True");
+    assert_eq!(ready["osKind"], "windows");
+    assert_eq!(row(SERVER_2).unwrap()["avMode"], "0");
+    assert_eq!(row(PASSIVE_AV).unwrap()["avMode"], "1");
+    let outdated = row(OUTDATED_PLATFORM).unwrap();
+    assert_eq!(outdated["avPlatformVersion"], "4.18.1807.18075");
+    assert_eq!(outdated["avIsPlatformUpToDate"], "False");
+    assert!(row(NOT_ONBOARDED).is_none(), "no antivirus health before onboarding");
+
+    let (_, inactive) = get(&emu, &token, &format!("/api/machines/{INACTIVE}")).await;
+    assert_eq!(inactive["healthStatus"], "Inactive");
+    let last_seen: jiff::Timestamp = inactive["lastSeen"].as_str().unwrap().parse().unwrap();
+    assert!(jiff::Timestamp::now().duration_since(last_seen) > jiff::SignedDuration::from_hours(24 * 30));
+    let (_, kiosk) = get(&emu, &token, &format!("/api/machines/{NOT_ONBOARDED}")).await;
+    assert_eq!(kiosk["onboardingStatus"], "CanBeOnboarded");
+}
+
+#[tokio::test]
+async fn machine_list_filters_and_pages_as_documented() {
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let (_, all) = get(&emu, &token, "/api/machines").await;
+    let total = len(&all);
+    assert_eq!(total, 8);
+    assert!(all.get("@odata.nextLink").is_none());
+
+    let count = |filter: String| {
+        let (emu, token) = (&emu, &token);
+        async move {
+            let (status, body) = get(emu, token, &format!("/api/machines?$filter={filter}")).await;
+            assert_eq!(status, 200, "{filter}: {body}");
+            len(&body)
+        }
+    };
+    assert_eq!(count(format!("computerDnsName eq '{}'", fqdn("laptop-7"))).await, 1);
+    assert_eq!(count(format!("ComputerDnsName eq '{}'", fqdn("LAPTOP-7"))).await, 1, "case-insensitive");
+    assert_eq!(count("startswith(computerDnsName,'laptop')".into()).await, 3);
+    assert_eq!(count("healthStatus ne 'Active'".into()).await, 2);
+    assert_eq!(count("healthStatus eq 'Inactive' or onboardingStatus eq 'CanBeOnboarded'".into()).await, 2);
+    assert_eq!(count("onboardingStatus eq 'onboarded' and healthStatus eq 'Active'".into()).await, 6);
+    assert_eq!(count("machineTags/any(t: t eq 'sandbox')".into()).await, 2);
+    assert_eq!(count("osPlatform eq 'WindowsServer2022'".into()).await, 1);
+    assert_eq!(count("rbacGroupId eq 0".into()).await, total);
+    let day_ago = odata_time(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24));
+    assert_eq!(count(format!("lastSeen gt {day_ago}")).await, total - 1);
+    assert_eq!(count(format!("lastSeen le {day_ago}")).await, 1);
+    assert_eq!(count("lastSeen gt 2018-08-01Z".into()).await, total, "the docs' date form");
+    assert_eq!(count("computerDnsName eq 'nobody.example.com'".into()).await, 0, "200 with an empty list");
+
+    for bad in [
+        format!("lastSeen gt '{day_ago}'"),
+        "healthStatus eq 'Sleepy'".into(),
+        "machineTags eq 'sandbox'".into(),
+        "isAadJoined eq true".into(),
+    ] {
+        let (status, body) = get(&emu, &token, &format!("/api/machines?$filter={bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_api_error(&body, "ODataError");
+    }
+
+    // With $top there is no nextLink, even when rows remain: page with $skip.
+    let (_, page) = get(&emu, &token, "/api/machines?$top=3").await;
+    assert_eq!(len(&page), 3);
+    assert!(page.get("@odata.nextLink").is_none(), "{page}");
+    let mut seen = dns_names(&page);
+    let mut skip = 3;
+    loop {
+        let (_, page) = get(&emu, &token, &format!("/api/machines?$top=3&$skip={skip}")).await;
+        seen.extend(dns_names(&page));
+        skip += 3;
+        if len(&page) < 3 {
+            break;
+        }
+    }
+    assert_eq!(seen, dns_names(&all));
+    let (status, _) = get(&emu, &token, "/api/machines?$top=10000").await;
+    assert_eq!(status, 200);
+    let (status, body) = get(&emu, &token, "/api/machines?$top=10001").await;
+    assert_eq!(status, 400);
+    assert_api_error(&body, "ODataError");
+}
+
+#[tokio::test]
+async fn machine_by_id_or_name_and_its_404() {
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let id = emu.machine_id(TENANT_ID, "server-2").unwrap();
+    for key in [id.clone(), fqdn("server-2"), "SERVER-2".into()] {
+        let (status, body) = get(&emu, &token, &format!("/api/machines/{key}")).await;
+        assert_eq!(status, 200, "{key}");
+        assert_eq!(body["id"], id.as_str());
+        assert!(body["@odata.context"].as_str().unwrap().ends_with("#Machines/$entity"));
+    }
+    let (status, body) = get(&emu, &token, "/api/machines/123123123").await;
+    assert_eq!(status, 404);
+    assert_api_error(&body, "ResourceNotFound");
+    assert_eq!(body["error"]["message"], "Machine 123123123 was not found");
+    let no_roles = token_for(&emu, TENANT_ID, NO_ROLES_APP_ID, NO_ROLES_APP_SECRET).await;
+    let (status, body) = get(&emu, &no_roles, &format!("/api/machines/{id}")).await;
+    assert_eq!(status, 403);
+    assert_api_error(&body, "Forbidden");
+    assert!(body["error"]["message"].as_str().unwrap().contains("(Machine.Read.All, Machine.ReadWrite.All)"));
+    let endpoints: Vec<Endpoint> = emu.calls().iter().map(|c| c.endpoint).collect();
+    assert!(endpoints.iter().filter(|e| **e == Endpoint::MachineById).count() == 5, "{endpoints:?}");
+}
+
+#[tokio::test]
+async fn put_machine_and_find_by_ip() {
+    use defender_sandbox::emulator::{HealthStatus, MachineSpec, OnboardingStatus};
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let now = jiff::Timestamp::now();
+    let seen = now - jiff::SignedDuration::from_hours(3);
+    let earlier = now - jiff::SignedDuration::from_hours(48);
+    let spec = MachineSpec::new("probe-host.contoso.com")
+        .ips(&["10.9.9.9", "fd00::9"])
+        .last_seen(seen)
+        .seen_with_ip("10.9.9.8", earlier)
+        .health(HealthStatus::ImpairedCommunication)
+        .onboarding(OnboardingStatus::Onboarded)
+        .tags(&["Probe Runner"]);
+    let id = emu.put_machine(TENANT_ID, spec.clone());
+    assert_eq!(emu.put_machine(TENANT_ID, spec), id, "same name, same id: replaced");
+    assert_eq!(emu.machines(TENANT_ID).iter().filter(|m| m["id"] == id.as_str()).count(), 1);
+    let (_, m) = get(&emu, &token, &format!("/api/machines/{id}")).await;
+    assert_eq!(m["healthStatus"], "ImpairedCommunication");
+    assert_eq!(m["lastIpAddress"], "10.9.9.9");
+
+    let find = |ip: &str, at: jiff::Timestamp| {
+        let path = format!("/api/machines/findbyip(ip='{ip}',timestamp={})", odata_time(at));
+        let (emu, token) = (&emu, &token);
+        async move { get(emu, token, &path).await }
+    };
+    let ids = |body: &Value| body["value"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    let (status, body) = find("10.9.9.9", seen + jiff::SignedDuration::from_mins(14)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![json!(id)]);
+    assert!(body["@odata.context"].as_str().unwrap().ends_with("#Machines"));
+    assert_eq!(ids(&find("fd00::9", seen - jiff::SignedDuration::from_mins(15)).await.1), vec![json!(id)]);
+    assert_eq!(len(&find("10.9.9.9", seen + jiff::SignedDuration::from_mins(16)).await.1), 0);
+    assert_eq!(ids(&find("10.9.9.8", earlier).await.1), vec![json!(id)], "an earlier sighting");
+
+    // An edit moves the machine to a new IP; the old sighting stays findable.
+    let later = now - jiff::SignedDuration::from_mins(1);
+    assert!(emu.update_machine(TENANT_ID, &id, |m| {
+        m["lastIpAddress"] = json!("10.9.9.10");
+        m["ipAddresses"] = json!([{"ipAddress": "10.9.9.10", "macAddress": "001122334455", "operationalStatus": "Up"}]);
+        m["lastSeen"] = json!(later.to_string());
+    }));
+    assert_eq!(ids(&find("10.9.9.10", later).await.1), vec![json!(id)]);
+    assert_eq!(ids(&find("10.9.9.9", seen).await.1), vec![json!(id)]);
+
+    let (status, body) = find("10.9.9.9", now - jiff::SignedDuration::from_hours(24 * 31)).await;
+    assert_eq!(status, 400, "older than 30 days");
+    assert_api_error(&body, "BadRequest");
+    let (status, body) = find("10.9.9.999", now).await;
+    assert_eq!(status, 400);
+    assert_api_error(&body, "InvalidIpAddress");
+    assert!(emu.calls().iter().any(|c| c.endpoint == Endpoint::FindMachinesByIp && c.status == 200));
+    assert!(emu.remove_machine(TENANT_ID, &id));
+    assert_eq!(get(&emu, &token, &format!("/api/machines/{id}")).await.0, 404);
+}
+
+#[tokio::test]
+async fn machine_tags_need_readwrite_and_a_case_sensitive_body() {
+    let emu = sandbox_with_machine_write().await;
+    let id = emu.machine_id(TENANT_ID, "laptop-7").unwrap();
+    let path = format!("/api/machines/{id}/tags");
+    let reader = token_for(&emu, TENANT_ID, MACHINE_ONLY_APP_ID, MACHINE_ONLY_APP_SECRET).await;
+    let (status, body) = post(&emu, &reader, &path, &json!({"Value": "probe", "Action": "Add"})).await;
+    assert_eq!(status, 403);
+    assert!(body["error"]["message"].as_str().unwrap().contains("(Machine.ReadWrite.All)"), "{body}");
+
+    let token = good_token(&emu).await;
+    let (status, body) = post(&emu, &token, &path, &json!({"Value": "probe runner", "Action": "Add"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["machineTags"], json!(["probe runner"]));
+    let (_, body) = post(&emu, &token, &path, &json!({"Value": "probe runner", "Action": "Add"})).await;
+    assert_eq!(body["machineTags"], json!(["probe runner"]), "no duplicate");
+    let (_, listed) = get(&emu, &token, "/api/machines?$filter=machineTags/any(t: t eq 'probe runner')").await;
+    assert_eq!(len(&listed), 1);
+    let (_, body) = post(&emu, &token, &path, &json!({"Value": "probe runner", "Action": "Remove"})).await;
+    assert_eq!(body["machineTags"], json!([]));
+
+    for (bad, code) in [
+        (json!({"value": "x", "action": "Add"}), "MissingRequiredParameter"),
+        (json!({"Value": "x", "Action": "Toggle"}), "InvalidInput"),
+        (json!({"Value": "x".repeat(201), "Action": "Add"}), "InvalidInput"),
+    ] {
+        let (status, body) = post(&emu, &token, &path, &bad).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_api_error(&body, code);
+    }
+    let (status, body) = post(
+        &emu,
+        &token,
+        "/api/machines/0000000000000000000000000000000000000000/tags",
+        &json!({"Value": "x", "Action": "Add"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_api_error(&body, "ResourceNotFound");
+    assert!(emu.calls().iter().any(|c| c.endpoint == Endpoint::MachineTags && c.status == 200));
+    // Machine.ReadWrite.All also reads.
+    let writer_only = Emulator::start({
+        let mut config = EmulatorConfig::sandbox();
+        config.tenants[0].apps[0].roles = vec!["Machine.ReadWrite.All".into()];
+        config
+    })
+    .await
+    .unwrap();
+    let token = good_token(&writer_only).await;
+    assert_eq!(get(&writer_only, &token, "/api/machines?$top=1").await.0, 200);
+    assert_eq!(get(&writer_only, &token, "/api/deviceavinfo").await.0, 200);
+}
+
+#[tokio::test]
+async fn device_av_info_filters_and_pages_by_20() {
+    use defender_sandbox::emulator::{AvMode, AvSpec, MachineSpec};
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let (status, body) = get(&emu, &token, "/api/deviceavinfo").await;
+    assert_eq!(status, 200);
+    assert!(body["@odata.context"].as_str().unwrap().ends_with("#DeviceAvInfo"));
+    assert_eq!(len(&body), 7, "onboarded machines with antivirus health");
+    let row = &body["value"][0];
+    assert_eq!(row["id"], row["machineId"]);
+    for key in ["avMode", "avPlatformVersion", "avEngineVersion", "avSignatureVersion", "avIsEngineUpToDate"] {
+        assert!(row[key].is_string(), "{key} is a string: {row}");
+    }
+    assert!(row["rbacGroupId"].is_number());
+    for key in ["lastSeenTime", "dataRefreshTimestamp", "avPlatformUpdateTime", "osVersion", "osPlatform"] {
+        assert!(row[key].is_string(), "{key}: {row}");
+    }
+
+    let (_, passive) = get(&emu, &token, "/api/deviceavinfo?$filter=avMode eq '1'").await;
+    assert_eq!(len(&passive), 1);
+    let (_, stale) = get(&emu, &token, "/api/deviceavinfo?$filter=avIsPlatformUpToDate eq 'False'").await;
+    assert_eq!(len(&stale), 1);
+    for bad in ["id eq 'x'", "rbacGroupName eq 'x'"] {
+        let (status, body) = get(&emu, &token, &format!("/api/deviceavinfo?$filter={bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_api_error(&body, "ODataError");
+    }
+
+    // Hooks: change and clear a machine's antivirus health.
+    let laptop = emu.machine_id(TENANT_ID, "laptop-7").unwrap();
+    assert!(emu.set_av_info(TENANT_ID, &laptop, Some(AvSpec::default().mode(AvMode::EdrBlocked))));
+    let (_, rows) = get(&emu, &token, &format!("/api/deviceavinfo?$filter=machineId eq '{laptop}'")).await;
+    assert_eq!(rows["value"][0]["avMode"], "4");
+    assert!(emu.set_av_info(TENANT_ID, &laptop, None));
+    let (_, rows) = get(&emu, &token, &format!("/api/deviceavinfo?$filter=machineId eq '{laptop}'")).await;
+    assert_eq!(len(&rows), 0);
+    assert_eq!(get(&emu, &token, &format!("/api/machines/{laptop}")).await.1["defenderAvStatus"], "NotReporting");
+
+    // 25 machines: pages of 20 by default, following @odata.nextLink.
+    emu.set_machines(TENANT2_ID, vec![]);
+    for i in 0..25 {
+        emu.put_machine(TENANT2_ID, MachineSpec::new(&format!("pc-{i:02}.fabrikam.com")));
+    }
+    let t2 = token_for(&emu, TENANT2_ID, TENANT2_APP_ID, TENANT2_APP_SECRET).await;
+    let (_, first) = get(&emu, &t2, "/api/deviceavinfo").await;
+    assert_eq!(len(&first), 20);
+    let next = first["@odata.nextLink"].as_str().expect("nextLink");
+    assert!(next.contains("$skip=20"), "{next}");
+    let r = http().get(next).bearer_auth(&t2).send().await.unwrap();
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(len(&second), 5);
+    assert!(second.get("@odata.nextLink").is_none());
+    let (_, top) = get(&emu, &t2, "/api/deviceavinfo?$top=10").await;
+    assert_eq!(len(&top), 10);
+    assert!(top["@odata.nextLink"].as_str().unwrap().contains("$skip=10"));
+
+    let no_roles = token_for(&emu, TENANT_ID, NO_ROLES_APP_ID, NO_ROLES_APP_SECRET).await;
+    assert_eq!(get(&emu, &no_roles, "/api/deviceavinfo").await.0, 403);
+    let machine_only = token_for(&emu, TENANT_ID, MACHINE_ONLY_APP_ID, MACHINE_ONLY_APP_SECRET).await;
+    assert_eq!(get(&emu, &machine_only, "/api/deviceavinfo").await.0, 200);
+}
+
+#[tokio::test]
+async fn device_av_info_has_its_own_30_per_minute_limit() {
+    let limits = EmulatorLimits::default();
+    assert_eq!((limits.device_av_info_per_minute, limits.device_av_info_per_hour), (30, 1000));
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    for _ in 0..30 {
+        assert_eq!(get(&emu, &token, "/api/deviceavinfo?$top=1").await.0, 200);
+    }
+    let r = http().get(api(&emu, "/api/deviceavinfo")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_api_error(&r.json().await.unwrap(), "TooManyRequests");
+    // The machine list has its own budget.
+    assert_eq!(get(&emu, &token, "/api/machines?$top=1").await.0, 200);
+    assert!(emu.calls().iter().any(|c| c.endpoint == Endpoint::DeviceAvInfo && c.status == 429));
+}
+
+#[tokio::test]
+async fn alert_list_get_and_machine_alerts() {
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let (_, list) = get(&emu, &token, "/api/alerts").await;
+    assert_eq!(len(&list), 1);
+    let alert = &list["value"][0];
+    let id = alert["id"].as_str().unwrap();
+    assert!(id.starts_with("da") && id.contains('_'), "{id}");
+    for key in ["incidentId", "severity", "status", "detectionSource", "category", "title", "alertCreationTime"] {
+        assert!(!alert[key].is_null(), "{key}: {alert}");
+    }
+    assert_eq!(alert["aadTenantId"], TENANT_ID);
+
+    let (status, one) = get(&emu, &token, &format!("/api/alerts/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(one["@odata.context"].as_str().unwrap().ends_with("#Alerts/$entity"));
+    let evidence = &one["evidence"][0];
+    assert_eq!(evidence["entityType"], "File");
+    assert_eq!(evidence["detectionStatus"], "Prevented");
+    assert_eq!(evidence["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(evidence["sha1"].as_str().unwrap().len(), 40);
+    assert!(evidence.get("registryKey").is_some(), "every evidence property is present");
+    let (status, body) = get(&emu, &token, "/api/alerts/da000_1").await;
+    assert_eq!(status, 404);
+    assert_api_error(&body, "ResourceNotFound");
+
+    for (filter, n) in [("severity eq 'Informational'", 1), ("status eq 'Resolved'", 0), ("InvestigationId eq null", 1)]
+    {
+        let (status, body) = get(&emu, &token, &format!("/api/alerts?$filter={filter}")).await;
+        assert_eq!((status.as_u16(), len(&body)), (200, n), "{filter}");
+    }
+    let (status, body) = get(&emu, &token, "/api/alerts?$filter=machineId eq 'x'").await;
+    assert_eq!(status, 400, "machineId is not filterable");
+    assert_api_error(&body, "ODataError");
+
+    let machine = alert["machineId"].as_str().unwrap();
+    let (status, body) = get(&emu, &token, &format!("/api/machines/{machine}/alerts")).await;
+    assert_eq!(status, 200);
+    assert_eq!(len(&body), 1);
+    assert_eq!(body["value"][0]["evidence"], json!([]));
+    let other = emu.machine_id(TENANT_ID, "server-2").unwrap();
+    assert_eq!(len(&get(&emu, &token, &format!("/api/machines/{other}/alerts")).await.1), 0);
+    let (status, body) = get(&emu, &token, "/api/machines/123123123/alerts").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["message"], "Machine 123123123 was not found");
+
+    let machine_only = token_for(&emu, TENANT_ID, MACHINE_ONLY_APP_ID, MACHINE_ONLY_APP_SECRET).await;
+    for path in [format!("/api/alerts/{id}"), format!("/api/machines/{machine}/alerts")] {
+        let (status, body) = get(&emu, &machine_only, &path).await;
+        assert_eq!(status, 403, "{path}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("(Alert.Read.All, Alert.ReadWrite.All)"));
+    }
+    let kinds: Vec<Endpoint> = emu.calls().iter().map(|c| c.endpoint).collect();
+    for e in [Endpoint::Alerts, Endpoint::AlertById, Endpoint::MachineAlerts] {
+        assert!(kinds.contains(&e), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_test_run_raises_an_alert_after_its_delay() {
+    use defender_sandbox::emulator::{TestOutcome, TestRun};
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let before = jiff::Timestamp::now();
+    let since = format!("/api/alerts?$filter=alertCreationTime ge {}", odata_time(before));
+    let hash = "5ab2e1d3f8a2c4b6d8e0f1a3c5e7092b4d6f8a0c2e4a6b8d0f2a4c6e8b0d2f4a";
+    let laptop = emu.machine_id(TENANT_ID, "laptop-7").unwrap();
+    let run = TestRun::new("laptop-7", hash, TestOutcome::Prevented)
+        .delay(Duration::from_millis(1500))
+        .file("office-macro.exe", "C:\\Users\\probe");
+    let id = emu.run_test(TENANT_ID, run).expect("an alert is coming");
+    assert_eq!(len(&get(&emu, &token, &since).await.1), 0, "not before its delay");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (_, body) = get(&emu, &token, &since).await;
+        if len(&body) > 0 || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(len(&body), 1);
+    let alert = &body["value"][0];
+    assert_eq!(alert["id"], id.as_str());
+    assert_eq!(alert["machineId"], laptop.as_str());
+    assert_eq!(alert["computerDnsName"], fqdn("laptop-7"));
+    assert_eq!(alert["evidence"], json!([]));
+    assert_eq!(alert["lastUpdateTime"], alert["alertCreationTime"]);
+    let created: jiff::Timestamp = alert["alertCreationTime"].as_str().unwrap().parse().unwrap();
+    assert!(created >= before + jiff::SignedDuration::from_millis(1500), "created when it appeared");
+    let (_, body) = get(&emu, &token, &format!("{since}&$expand=evidence")).await;
+    let file = &body["value"][0]["evidence"][0];
+    assert_eq!(file["sha256"], hash);
+    assert_eq!(file["fileName"], "office-macro.exe");
+    assert_eq!(file["detectionStatus"], "Prevented");
+    let (_, on_machine) = get(&emu, &token, &format!("/api/machines/{laptop}/alerts?$expand=evidence")).await;
+    assert_eq!(on_machine["value"][0]["evidence"][0]["sha256"], hash);
+
+    let detected = TestRun::new(&laptop, &sha256(9), TestOutcome::Detected).sha1(&"ab".repeat(20));
+    let id = emu.run_test(TENANT_ID, detected).unwrap();
+    let (_, one) = get(&emu, &token, &format!("/api/alerts/{id}")).await;
+    assert_eq!(one["evidence"][0]["detectionStatus"], "Detected");
+    assert_eq!(one["evidence"][0]["sha1"], "ab".repeat(20));
+    assert!(emu.run_test(TENANT_ID, TestRun::new(&laptop, &sha256(10), TestOutcome::NotDetected)).is_none());
+    assert_eq!(emu.alerts(TENANT_ID).len(), 3, "the default alert and two runs");
+}
+
+#[tokio::test]
+async fn alerts_poll_incrementally_by_last_update_time() {
+    use defender_sandbox::emulator::{TestOutcome, TestRun};
+    let emu = sandbox().await;
+    let token = good_token(&emu).await;
+    let t0 = jiff::Timestamp::now();
+    let a = emu.run_test(TENANT_ID, TestRun::new("laptop-7", &sha256(1), TestOutcome::Detected)).unwrap();
+    let b = emu.run_test(TENANT_ID, TestRun::new("server-2", &sha256(2), TestOutcome::Prevented)).unwrap();
+    let poll = |since: jiff::Timestamp| {
+        let path = format!("/api/alerts?$filter=lastUpdateTime+ge+{}&$expand=evidence", odata_time(since));
+        let (emu, token) = (&emu, &token);
+        async move {
+            let (status, body) = get(emu, token, &path).await;
+            assert_eq!(status, 200, "{body}");
+            body["value"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(poll(t0).await, vec![a.clone(), b.clone()], "the 2-hour-old default alert is not new");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let t1 = jiff::Timestamp::now();
+    assert!(poll(t1).await.is_empty());
+    assert!(emu.resolve_alert(TENANT_ID, &b));
+    assert_eq!(poll(t1).await, vec![b.clone()]);
+    let (_, resolved) = get(&emu, &token, &format!("/api/alerts/{b}")).await;
+    assert_eq!(resolved["status"], "Resolved");
+    assert!(resolved["resolvedTime"].is_string());
+    assert!(emu.update_alert(TENANT_ID, &a, |alert| alert["assignedTo"] = json!("soc@contoso.com")));
+    assert_eq!(poll(t1).await, vec![a.clone(), b.clone()]);
+    assert!(!emu.update_alert(TENANT_ID, "da1_1", |_| {}));
 }

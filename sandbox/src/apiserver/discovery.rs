@@ -22,6 +22,11 @@ fn groups(defs: &[ResourceDef]) -> BTreeMap<String, Vec<String>> {
     m
 }
 
+/// ServiceAccounts serve the TokenRequest subresource (see `tokens`).
+fn has_token_subresource(d: &ResourceDef) -> bool {
+    d.group.is_empty() && d.plural == "serviceaccounts"
+}
+
 fn verbs_for(d: &ResourceDef) -> Vec<&'static str> {
     d.verbs.clone()
 }
@@ -50,6 +55,12 @@ fn resource_list(defs: &[ResourceDef], group: &str, version: &str) -> Option<Val
             resources.push(json!({
                 "name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
                 "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if has_token_subresource(d) {
+            resources.push(json!({
+                "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"],
             }));
         }
     }
@@ -104,6 +115,13 @@ fn aggregated(defs: &[ResourceDef], core: bool) -> Value {
                                     "subresource": "scale",
                                     "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
                                     "verbs": ["get", "patch", "update"],
+                                }));
+                            }
+                            if has_token_subresource(d) {
+                                subs.push(json!({
+                                    "subresource": "token",
+                                    "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"},
+                                    "verbs": ["create"],
                                 }));
                             }
                             if !subs.is_empty() {

@@ -21,6 +21,10 @@
 //! - custom resources: structural pruning, defaults, OpenAPI validation and
 //!   `x-kubernetes-validations` CEL rules (a subset of CEL, see [`cel`]), 422 `Invalid` with causes;
 //! - bearer-token authentication and RBAC authorisation (with impersonation for kubectl `--as`);
+//! - service-account tokens: the TokenRequest subresource (`serviceaccounts/{name}/token`, as
+//!   `kubectl create token` uses it) issuing RS256 JWTs that authenticate back to this server,
+//!   and the issuer's discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`), served
+//!   without credentials so that the Entra emulator can verify the tokens as Entra does;
 //! - discovery (legacy and aggregated), `/version`, minimal OpenAPI v3, `Table` responses;
 //! - faults on demand: watches cut, history expired (410 on resume), 409 on status writes, and a
 //!   restart with the state kept ([`KubeApiServer::restart`]).
@@ -28,7 +32,8 @@
 //! Layout: [`routes`] parses requests and dispatches, [`ops`] implements the verbs over the
 //! [`store`], [`watch`] streams changes, [`patch`]/[`apply`] implement patches and server-side
 //! apply, [`schema`]/[`cel`] prune, default and validate custom resources, [`rbac`] authorises,
-//! [`discovery`] and [`table`] serve what kubectl needs, `proto` decodes the few protobuf bodies
+//! [`discovery`] and [`table`] serve what kubectl needs, `tokens` issues service-account tokens
+//! and serves the issuer's discovery documents, `proto` decodes the few protobuf bodies
 //! kubectl's typed `create` commands send, `serve` is the HTTP/HTTPS listener. [`registry`] knows
 //! the resource types served, [`selectors`] parses label and field selectors, [`error`] renders
 //! failures as `Status` objects and `cause` holds their per-field causes, `faults` holds the
@@ -51,6 +56,7 @@ pub mod selectors;
 mod serve;
 pub mod store;
 pub mod table;
+mod tokens;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -76,11 +82,25 @@ pub struct ApiServerConfig {
     pub bookmark_interval: Duration,
     /// The Kubernetes version reported by `/version`.
     pub minor_version: u32,
+    /// `--service-account-issuer`: the `iss` of the service-account tokens issued, and the base
+    /// of the discovery document. None = the server's own HTTPS URL ([`KubeApiServer::https_url`]),
+    /// so that a relying party (the Entra emulator) can fetch the keys from it. The discovery
+    /// documents are served only for an https issuer, as kube-apiserver does.
+    pub service_account_issuer: Option<String>,
+    /// `--service-account-max-token-expiration`: longer TokenRequests are shortened to it (with a
+    /// warning). Default 24 h, the longest token azure-workload-identity asks for; zero = no cap.
+    pub service_account_max_token_expiration: Duration,
 }
 
 impl Default for ApiServerConfig {
     fn default() -> Self {
-        ApiServerConfig { watch_history: 1000, bookmark_interval: Duration::from_secs(5), minor_version: 33 }
+        ApiServerConfig {
+            watch_history: 1000,
+            bookmark_interval: Duration::from_secs(5),
+            minor_version: 33,
+            service_account_issuer: None,
+            service_account_max_token_expiration: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -98,6 +118,10 @@ pub(crate) struct Inner {
     pub faults: faults::KubeFaults,
     /// PEM of the self-signed serving certificate (HTTPS on the same port).
     pub cert_pem: String,
+    /// The service-account token issuer (see [`ApiServerConfig::service_account_issuer`]).
+    pub issuer: String,
+    /// The service-account signing key, made on first use (RSA key generation takes a while).
+    pub signing_key: std::sync::OnceLock<tokens::SigningKey>,
 }
 
 impl Inner {
@@ -130,7 +154,8 @@ impl Inner {
         if token == self.admin_token {
             return Some(User::admin());
         }
-        self.tokens.lock().ok()?.get(token).cloned()
+        let opaque = self.tokens.lock().ok()?.get(token).cloned();
+        opaque.or_else(|| tokens::authenticate(self, token))
     }
 }
 
@@ -158,6 +183,7 @@ impl KubeApiServer {
         ops::bootstrap(&mut st);
         let cancel = CancellationToken::new();
         let serving = cancel.child_token();
+        let issuer = config.service_account_issuer.clone().unwrap_or_else(|| format!("https://{addr}"));
         let inner = Arc::new(Inner {
             config,
             store: Mutex::new(st),
@@ -169,6 +195,8 @@ impl KubeApiServer {
             serving: Mutex::new(serving.clone()),
             cancel,
             cert_pem,
+            issuer,
+            signing_key: std::sync::OnceLock::new(),
         });
         let task = tokio::spawn(serve::serve(listener, routes::router(inner.clone()), acceptor.clone(), serving));
         Ok(KubeApiServer { inner, acceptor, task: Arc::new(Mutex::new(Some(task))) })
@@ -231,6 +259,30 @@ impl KubeApiServer {
     /// A token with every right (like system:masters).
     pub fn admin_token(&self) -> String {
         self.inner.admin_token.clone()
+    }
+
+    /// The service-account token issuer (`iss` of TokenRequest tokens): by default
+    /// [`KubeApiServer::https_url`], where `/.well-known/openid-configuration` and
+    /// `/openid/v1/jwks` are served without credentials. A federated credential for this
+    /// cluster names it as its issuer.
+    pub fn service_account_issuer(&self) -> String {
+        self.inner.issuer.clone()
+    }
+
+    /// A service-account JWT signed as TokenRequest signs it (same key, issuer and claims), but
+    /// issued at `issued_at` for `lifetime`, with no minimum: for tests of expired or
+    /// not-yet-valid tokens, which TokenRequest never issues. None when the ServiceAccount does
+    /// not exist.
+    pub fn service_account_jwt_at(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        issued_at: jiff::Timestamp,
+        lifetime: Duration,
+    ) -> Option<String> {
+        let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
+        tokens::sign_at(&self.inner, namespace, name, &audiences, issued_at, lifetime)
     }
 
     /// A token authenticating as `system:serviceaccount:NS:NAME`; authorised only by RBAC objects.

@@ -1,6 +1,6 @@
 //! Just enough Kubernetes protobuf decoding for the typed requests `kubectl create` sends
 //! (`application/vnd.kubernetes.protobuf`): Namespace, ConfigMap, Secret, ServiceAccount, RBAC
-//! objects and SelfSubjectAccessReview.
+//! objects, SelfSubjectAccessReview and TokenRequest (`kubectl create token`).
 //! Responses are always JSON (kubectl's Accept header allows it).
 
 use base64::Engine;
@@ -135,6 +135,23 @@ fn object_meta(b: &[u8]) -> Option<Value> {
     Some(Value::Object(m))
 }
 
+/// authentication/v1 TokenRequestSpec: audiences = 1, boundObjectRef = 3, expirationSeconds = 4.
+fn token_request_spec(b: &[u8]) -> Option<Value> {
+    let mut audiences = vec![];
+    let mut spec = Map::new();
+    for (n, f) in Reader::fields(b)? {
+        match (n, f) {
+            (1, Field::Bytes(a)) => audiences.push(string(a)),
+            (4, Field::Varint(v)) => {
+                spec.insert("expirationSeconds".into(), json!(v as i64));
+            }
+            _ => {}
+        }
+    }
+    spec.insert("audiences".into(), Value::Array(audiences));
+    Some(Value::Object(spec))
+}
+
 fn decode_kind(kind: &str, raw: &[u8]) -> Option<Value> {
     let mut obj = Map::new();
     let mut data = Map::new();
@@ -190,6 +207,9 @@ fn decode_kind(kind: &str, raw: &[u8]) -> Option<Value> {
                     }
                 }
                 obj.insert("spec".into(), json!({"resourceAttributes": ra}));
+            }
+            ("TokenRequest", 2) => {
+                obj.insert("spec".into(), token_request_spec(x)?);
             }
             ("Role" | "ClusterRole", 2) => {
                 let mut rule = Map::new();
@@ -293,6 +313,7 @@ pub fn decode(body: &[u8]) -> Option<Value> {
         "Secret",
         "ServiceAccount",
         "SelfSubjectAccessReview",
+        "TokenRequest",
         "Role",
         "ClusterRole",
         "RoleBinding",

@@ -17,6 +17,7 @@ use super::rbac::{self, Attrs, User};
 use super::registry::ResourceDef;
 use super::store::Store;
 use super::table;
+use super::tokens;
 use super::watch;
 
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
@@ -152,6 +153,9 @@ struct View {
 /// Authenticates, resolves the path, authorises, then runs the verb.
 async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
     let Incoming { method, path, mut query, headers, auth, accept, user_agent, body } = Incoming::read(req).await?;
+    if let Some(document) = tokens::issuer_document(&inner, &method, &path) {
+        return Ok(document);
+    }
     let user = authenticate(&inner, &auth, &method, &path)?;
     let user = impersonate(&inner, &headers, user)?;
 
@@ -159,6 +163,9 @@ async fn handle_inner(inner: Arc<Inner>, req: Request) -> ApiResult<Response> {
     let Some(rp) = parse_resource_path(&segs) else {
         return non_resource(&inner, &user, &method, &path, &segs, &accept);
     };
+    if tokens::is_token_request(&rp.group, &rp.plural, &rp.sub) && rp.version == "v1" && !rp.ns.is_empty() {
+        return tokens::create_token(&inner, &user, &method, &rp.ns, &rp.name, || body.parse());
+    }
     let def = served_resource(&inner, &rp)?;
     let verb = verb_of(&method, &rp, &query, &def)?;
     // a watch of one named object is a watch with a metadata.name field selector

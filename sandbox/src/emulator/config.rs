@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::Cloud;
+use super::credentials::{AppCertificate, FederatedCredential};
 
 /// Everything the emulator serves. `Default` has no tenants and Defender's documented limits.
 #[derive(Clone, Debug)]
@@ -19,6 +20,9 @@ pub struct EmulatorConfig {
     pub purge_expired_on_read: bool,
     /// Active indicators per tenant. Default 15,000.
     pub indicator_cap: usize,
+    /// A certificate assertion whose `jti` was already accepted is refused (until its `exp`).
+    /// Default true. Federated assertions (Kubernetes tokens) are reusable regardless.
+    pub reject_replayed_assertions: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -30,6 +34,7 @@ impl Default for EmulatorConfig {
             token_lifetime: Duration::from_secs(3599),
             purge_expired_on_read: true,
             indicator_cap: 15_000,
+            reject_replayed_assertions: true,
         }
     }
 }
@@ -43,6 +48,8 @@ impl EmulatorConfig {
             secrets: vec![AppSecret { value: secret.into(), expired: false }],
             roles: roles.iter().map(|r| r.to_string()).collect(),
             disabled: false,
+            certificates: Vec::new(),
+            federated_credentials: Vec::new(),
         };
         Self {
             tenants: vec![
@@ -61,6 +68,8 @@ impl EmulatorConfig {
                             secrets: vec![AppSecret { value: EXPIRED_SECRET_APP_SECRET.into(), expired: true }],
                             roles: GOOD_APP_ROLES.iter().map(|r| r.to_string()).collect(),
                             disabled: false,
+                            certificates: Vec::new(),
+                            federated_credentials: Vec::new(),
                         },
                         AppConfig { disabled: true, ..app(DISABLED_APP_ID, DISABLED_APP_SECRET, &GOOD_APP_ROLES) },
                     ],
@@ -101,6 +110,9 @@ pub struct EmulatorLimits {
     pub import_per_minute: u32,
     pub batch_delete_per_minute: u32,
     pub batch_delete_per_hour: u32,
+    /// `GET /api/deviceavinfo`.
+    pub device_av_info_per_minute: u32,
+    pub device_av_info_per_hour: u32,
     /// Every other API endpoint, each on its own.
     pub other_per_minute: u32,
     pub other_per_hour: u32,
@@ -112,6 +124,8 @@ impl Default for EmulatorLimits {
             import_per_minute: 30,
             batch_delete_per_minute: 30,
             batch_delete_per_hour: 1500,
+            device_av_info_per_minute: 30,
+            device_av_info_per_hour: 1000,
             other_per_minute: 100,
             other_per_hour: 1500,
         }
@@ -140,6 +154,10 @@ pub struct AppConfig {
     /// without a `roles` claim).
     pub roles: Vec<String>,
     pub disabled: bool,
+    /// Certificates whose key may sign client assertions (see [`super::credentials`]).
+    pub certificates: Vec<AppCertificate>,
+    /// Federated identity credentials: external tokens accepted as client assertions.
+    pub federated_credentials: Vec<FederatedCredential>,
 }
 
 #[derive(Clone, Debug)]

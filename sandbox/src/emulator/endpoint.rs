@@ -11,8 +11,22 @@ pub enum Endpoint {
     ImportIndicators,
     DeleteIndicator,
     BatchDeleteIndicators,
+    /// `GET /api/machines`
     Machines,
+    /// `GET /api/machines/{id}` (device id or computer name)
+    MachineById,
+    /// `GET /api/machines/findbyip(ip='…',timestamp=…)`
+    FindMachinesByIp,
+    /// `GET /api/machines/{id}/alerts`
+    MachineAlerts,
+    /// `POST /api/machines/{id}/tags`
+    MachineTags,
+    /// `GET /api/deviceavinfo` (its own, smaller, rate limit)
+    DeviceAvInfo,
+    /// `GET /api/alerts`
     Alerts,
+    /// `GET /api/alerts/{id}`
+    AlertById,
     /// Anything else, including the undocumented `GET /api/indicators/{id}` (served).
     Other,
 }

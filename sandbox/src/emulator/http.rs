@@ -1,6 +1,5 @@
 //! HTTP routes: the Entra token endpoints and the Defender API, on one listener.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,10 +10,11 @@ use http::{HeaderValue, Method, StatusCode, header};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::alerts::Alerts;
 use super::config::EmulatorConfig;
 use super::endpoint::Endpoint;
 use super::faults::{Fault, Faults};
-use super::odata::{Kind, Schema};
+use super::machine_store::{self, Machines};
 use super::query::Query;
 use super::ratelimit::Limiter;
 use super::store::{ApiError, Caller, INDICATOR_SCHEMA, Store, UpsertError, import_result, validate};
@@ -50,8 +50,9 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub limiter: Mutex<Limiter>,
     pub calls: Mutex<Vec<CallRecord>>,
-    pub machines: Mutex<HashMap<String, Vec<Value>>>,
-    pub alerts: Mutex<HashMap<String, Vec<Value>>>,
+    pub machines: Mutex<Machines>,
+    pub alerts: Mutex<Alerts>,
+    pub credentials: super::credentials::CredentialStore,
 }
 
 impl Shared {
@@ -89,6 +90,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
 fn route(method: &Method, path: &str) -> Route {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs[..] {
@@ -115,7 +120,19 @@ fn route(method: &Method, path: &str) -> Route {
         [i, id] if is(i, "indicators") && m == Method::DELETE => (Endpoint::DeleteIndicator, Some(id.to_string())),
         [i, id] if is(i, "indicators") && m == Method::GET => (Endpoint::Other, Some(id.to_string())),
         [x] if is(x, "machines") && m == Method::GET => (Endpoint::Machines, None),
+        [x, call] if is(x, "machines") && m == Method::GET && starts_with_ignore_case(call, "findbyip(") => {
+            (Endpoint::FindMachinesByIp, Some(percent_decode(call)))
+        }
+        [x, id] if is(x, "machines") && m == Method::GET => (Endpoint::MachineById, Some(percent_decode(id))),
+        [x, id, a] if is(x, "machines") && is(a, "alerts") && m == Method::GET => {
+            (Endpoint::MachineAlerts, Some(percent_decode(id)))
+        }
+        [x, id, t] if is(x, "machines") && is(t, "tags") && m == Method::POST => {
+            (Endpoint::MachineTags, Some(percent_decode(id)))
+        }
+        [x] if is(x, "deviceavinfo") && m == Method::GET => (Endpoint::DeviceAvInfo, None),
         [x] if is(x, "alerts") && m == Method::GET => (Endpoint::Alerts, None),
+        [x, id] if is(x, "alerts") && m == Method::GET => (Endpoint::AlertById, Some(percent_decode(id))),
         _ => return Route::ApiUnknown,
     };
     Route::Api { endpoint, id, prefix }
@@ -182,15 +199,24 @@ pub(crate) async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Respo
                 (endpoint, json_response(status, &body))
             } else {
                 let lifetime = sh.faults.token_lifetime_override().unwrap_or(sh.config.token_lifetime);
-                let issuer =
-                    Issuer { tenants: &sh.config.tenants, key: &sh.key, lifetime, down: sh.faults.is_token_down() };
-                let out = issuer.handle(&TokenRequest {
-                    v2,
-                    tenant_segment: &seg,
-                    content_type: headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()),
-                    authorization: authorization.as_deref(),
-                    body: &body,
-                });
+                let issuer = Issuer {
+                    tenants: &sh.config.tenants,
+                    key: &sh.key,
+                    lifetime,
+                    down: sh.faults.is_token_down(),
+                    credentials: &sh.credentials,
+                    reject_replays: sh.config.reject_replayed_assertions,
+                };
+                let out = issuer
+                    .handle(&TokenRequest {
+                        v2,
+                        tenant_segment: &seg,
+                        content_type: headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()),
+                        authorization: authorization.as_deref(),
+                        body: &body,
+                        host: &host,
+                    })
+                    .await;
                 tenant = out.tenant;
                 app = out.app;
                 let mut r = json_response(out.status, &out.body);
@@ -244,42 +270,19 @@ struct ApiCall<'a> {
 const TI_ROLES: &[&str] = &["Ti.ReadWrite", "Ti.ReadWrite.All"];
 const MACHINE_ROLES: &[&str] = &["Machine.Read.All", "Machine.ReadWrite.All"];
 const ALERT_ROLES: &[&str] = &["Alert.Read.All", "Alert.ReadWrite.All"];
+const MACHINE_WRITE_ROLES: &[&str] = &["Machine.ReadWrite.All"];
 
-const MACHINE_SCHEMA: Schema = Schema {
-    entity: "Machine",
-    fields: &[
-        ("id", Kind::Str),
-        ("computerDnsName", Kind::Str),
-        ("version", Kind::Str),
-        ("deviceValue", Kind::Str),
-        ("aadDeviceId", Kind::Str),
-        ("lastSeen", Kind::DateTime),
-        ("exposureLevel", Kind::Enum(&["None", "Low", "Medium", "High"])),
-        ("onboardingStatus", Kind::Str),
-        ("lastIpAddress", Kind::Str),
-        ("healthStatus", Kind::Str),
-        ("osPlatform", Kind::Str),
-        ("riskScore", Kind::Enum(&["None", "Informational", "Low", "Medium", "High"])),
-        ("rbacGroupId", Kind::Number),
-    ],
-};
-
-const ALERT_SCHEMA: Schema = Schema {
-    entity: "Alert",
-    fields: &[
-        ("alertCreationTime", Kind::DateTime),
-        ("lastUpdateTime", Kind::DateTime),
-        ("lastEventTime", Kind::DateTime),
-        ("incidentId", Kind::Number),
-        ("investigationId", Kind::Number),
-        ("id", Kind::Str),
-        ("assignedTo", Kind::Str),
-        ("detectionSource", Kind::Str),
-        ("status", Kind::Enum(&["Unknown", "New", "InProgress", "Resolved"])),
-        ("severity", Kind::Enum(&["UnSpecified", "Informational", "Low", "Medium", "High"])),
-        ("category", Kind::Str),
-    ],
-};
+/// The application roles of which a call needs one.
+fn accepted_roles(endpoint: Endpoint) -> &'static [&'static str] {
+    match endpoint {
+        Endpoint::Machines | Endpoint::MachineById | Endpoint::FindMachinesByIp | Endpoint::DeviceAvInfo => {
+            MACHINE_ROLES
+        }
+        Endpoint::MachineTags => MACHINE_WRITE_ROLES,
+        Endpoint::Alerts | Endpoint::AlertById | Endpoint::MachineAlerts => ALERT_ROLES,
+        _ => TI_ROLES,
+    }
+}
 
 impl ApiCall<'_> {
     async fn run(
@@ -338,11 +341,7 @@ impl ApiCall<'_> {
         if let Err(retry_after) = limited {
             return throttled(retry_after);
         }
-        let accepted = match self.endpoint {
-            Endpoint::Machines => MACHINE_ROLES,
-            Endpoint::Alerts => ALERT_ROLES,
-            _ => TI_ROLES,
-        };
+        let accepted = accepted_roles(self.endpoint);
         if !claims.roles.iter().any(|r| accepted.contains(&r.as_str())) {
             return json_response(
                 403,
@@ -366,8 +365,14 @@ impl ApiCall<'_> {
             Endpoint::ImportIndicators => self.import(&tid, &caller, now),
             Endpoint::DeleteIndicator => self.delete(&tid, &caller, now),
             Endpoint::BatchDeleteIndicators => self.batch_delete(&tid, &caller, now),
-            Endpoint::Machines => self.machines(&tid),
-            Endpoint::Alerts => self.alerts(&tid),
+            Endpoint::Machines
+            | Endpoint::MachineById
+            | Endpoint::FindMachinesByIp
+            | Endpoint::MachineTags
+            | Endpoint::DeviceAvInfo
+            | Endpoint::MachineAlerts
+            | Endpoint::Alerts
+            | Endpoint::AlertById => self.devices(&tid, now).map(|body| json_response(200, &body)),
             _ => self.get_one(&tid, &caller, now),
         };
         result.unwrap_or_else(|e| api_error(&e))
@@ -555,26 +560,27 @@ impl ApiCall<'_> {
         }
     }
 
-    fn machines(&self, tenant: &str) -> Result<Response, ApiError> {
-        let q = Query::parse(&self.query, &MACHINE_SCHEMA, false)?;
-        let rows = self.sh.machines.lock().unwrap().get(tenant).cloned().unwrap_or_default();
-        if rows.is_empty() {
-            return Err(ApiError::new(404, "ResourceNotFound", "No recent machines were found"));
-        }
-        Ok(json_response(200, &q.page(rows, &self.base, "machines", "Machines")))
-    }
-
-    fn alerts(&self, tenant: &str) -> Result<Response, ApiError> {
-        let q = Query::parse(&self.query, &ALERT_SCHEMA, true)?;
-        let mut rows = self.sh.alerts.lock().unwrap().get(tenant).cloned().unwrap_or_default();
-        if !q.expand_evidence {
-            for r in &mut rows {
-                if let Some(o) = r.as_object_mut() {
-                    o.remove("evidence");
-                }
+    /// The machine, antivirus health and alert calls.
+    fn devices(&self, tenant: &str, now: Timestamp) -> Result<Value, ApiError> {
+        let id = self.id.as_deref().unwrap_or_default();
+        let (query, base) = (self.query.as_str(), self.base.as_str());
+        let machines = || self.sh.machines.lock().unwrap();
+        match self.endpoint {
+            Endpoint::Machines => machines().list(tenant, query, base),
+            Endpoint::MachineById => machines().get(tenant, id, base),
+            Endpoint::FindMachinesByIp => machines().find_by_ip(tenant, id, query, base, now),
+            Endpoint::MachineTags => {
+                let body = self.json_body()?;
+                machines().tag(tenant, id, &body, base)
             }
+            Endpoint::DeviceAvInfo => machines().av_info(tenant, query, base),
+            Endpoint::MachineAlerts => {
+                let machine_id = machines().id_of(tenant, id).ok_or_else(|| machine_store::not_found(id))?;
+                self.sh.alerts.lock().unwrap().list(tenant, Some(&machine_id), query, base, now)
+            }
+            Endpoint::AlertById => self.sh.alerts.lock().unwrap().get(tenant, id, base, now),
+            _ => self.sh.alerts.lock().unwrap().list(tenant, None, query, base, now),
         }
-        Ok(json_response(200, &q.page(rows, &self.base, "alerts", "Alerts")))
     }
 }
 
@@ -604,6 +610,17 @@ mod tests {
         assert_eq!(r(Method::POST, "/api/indicators/import"), Some(Endpoint::ImportIndicators));
         assert_eq!(r(Method::DELETE, "/api/indicators/12"), Some(Endpoint::DeleteIndicator));
         assert_eq!(r(Method::GET, "/api/machines"), Some(Endpoint::Machines));
+        assert_eq!(r(Method::GET, "/api/machines/abc"), Some(Endpoint::MachineById));
+        assert_eq!(
+            r(Method::GET, "/api/machines/findbyip(ip='10.0.0.1',timestamp=2024-01-01T00:00:00Z)"),
+            Some(Endpoint::FindMachinesByIp)
+        );
+        assert_eq!(r(Method::GET, "/api/machines/abc/alerts"), Some(Endpoint::MachineAlerts));
+        assert_eq!(r(Method::POST, "/api/machines/abc/tags"), Some(Endpoint::MachineTags));
+        assert_eq!(r(Method::GET, "/api/machines/abc/tags"), None);
+        assert_eq!(r(Method::GET, "/api/deviceavinfo"), Some(Endpoint::DeviceAvInfo));
+        assert_eq!(r(Method::GET, "/api/alerts"), Some(Endpoint::Alerts));
+        assert_eq!(r(Method::GET, "/api/v1.0/alerts/da1_2"), Some(Endpoint::AlertById));
         assert_eq!(r(Method::PUT, "/api/indicators"), None);
         assert_eq!(r(Method::GET, "/nothing"), None);
     }

@@ -10,9 +10,15 @@
 //! called, or when the last clone of the handle is dropped (graceful; in-flight requests finish).
 //!
 //! Layout: `http` routes requests and answers them, `token` serves the Entra token endpoints and
-//! verifies the JWTs they issue, `store` keeps the indicators, `odata` parses and evaluates
-//! `$filter`, `query` applies the other OData query options and pages lists, `ratelimit` counts
-//! calls per `endpoint`, `faults` injects failures on demand, `config` describes tenants and apps.
+//! verifies the JWTs they issue, `store` keeps the indicators, `machines` describes machines and
+//! their antivirus health, `machine_store` keeps them per tenant and answers the machine and
+//! `deviceavinfo` calls, `alerts` keeps alerts (and those simulated test runs raise) and answers
+//! the alert calls, `scenario` holds the hooks tests and the demo use to shape machines and
+//! alerts, `odata` parses and evaluates `$filter`, `query` applies the other OData query options
+//! and pages lists, `ratelimit` counts calls per `endpoint`, `faults` injects failures on demand,
+//! `config` describes tenants and apps. [`credentials`] keeps apps' certificates and federated
+//! credentials (and makes test certificates), `assertion` checks the client assertions sent
+//! instead of a secret, `oidc` fetches a federated issuer's keys.
 //!
 //! Choices where Defender's behaviour is undocumented:
 //! - Tokens: HS256 with a random per-emulator key; v1-style claims (`ver` 1.0, `appid`) from both
@@ -26,6 +32,28 @@
 //!   parameters: AADSTS900144 `invalid_request` 400. Missing secret: AADSTS7000218 `invalid_client`
 //!   401. Expired secret (the sent value matches an expired secret): AADSTS7000222 401. Token
 //!   endpoint down: 503 `temporarily_unavailable` AADSTS50000.
+//! - Client assertions (`client_assertion_type` jwt-bearer): every failure is `invalid_client`
+//!   401 except AADSTS90061 and AADSTS70021 (`invalid_request` 400, as observed). An assertion
+//!   whose header names a certificate (`x5t`/`x5t#S256`) or whose `iss` is the client id is a
+//!   certificate assertion; any other is federated. With both a secret and an assertion, the
+//!   assertion is checked. Tokens so obtained carry `appidacr` `2`.
+//! - Certificate assertions: PS256 must name the certificate by `x5t#S256`, RS256 by `x5t`; any
+//!   other pairing or algorithm → AADSTS700027 "Client assertion failed signature validation.".
+//!   `aud`: the tenant's v2 or v1 token URL (GUID or domain) on the host the request came to or
+//!   on the cloud's login host. `nbf` and `exp` get 5 minutes of clock skew; Entra documents no
+//!   limit on the lifetime, so none is enforced. A certificate outside its validity →
+//!   AADSTS1000502. Malformed or missing claims → AADSTS50027. A reused `jti` → AADSTS50027 (no
+//!   public record of Entra's answer; [`EmulatorConfig::reject_replayed_assertions`] turns the
+//!   check off).
+//! - Federated assertions: the issuer's documents are fetched over https only, on every exchange
+//!   (no cache), trusting the CAs given to [`Emulator::trust_issuer_certificate`]; any failure →
+//!   AADSTS90061. No credential for the issuer → AADSTS700211 (before any fetch); unknown `kid` →
+//!   AADSTS7000272; bad signature or a non-RSA algorithm → AADSTS50027; then the time window
+//!   (AADSTS700024), the subject (AADSTS700213, or AADSTS7002138 when only the case differs) and
+//!   the audience (AADSTS700212, matched when any `aud` value equals the credential's). A
+//!   credential still propagating ([`Emulator::set_federated_credential_propagation`]) is
+//!   ignored, and a request only it would match gets AADSTS70021. Tokens issued by Entra itself →
+//!   AADSTS700222. A federated token may be presented any number of times.
 //! - API check order: latency, hang, injected fault, token (401), rate limit (429), role (403),
 //!   request. Rate limits count per (tenant, app, endpoint) — each endpoint its own budget;
 //!   refused calls are not counted.
@@ -47,26 +75,74 @@
 //! - String/enum comparisons in `$filter` are case-insensitive; DateTimeOffset properties must be
 //!   compared with unquoted literals (quoted → `ODataError`, as ASP.NET OData does).
 //! - `GET /api/indicators/{id}` (undocumented) is served (Endpoint::Other).
-//! - Machines: two fake machines per provisioned tenant (404 when the list is empty, see
-//!   [`Emulator::set_machines`]); alerts: one fake alert (`evidence` only with `$expand=evidence`).
+//! - Default content of every provisioned tenant: the machines of [`sandbox_machines`] (ready
+//!   ones and one for each reason a machine cannot enforce a file indicator) and one alert, two
+//!   hours old, on `sandbox-win11-01` (its file evidence `Prevented`).
+//! - `GET /api/machines`: 404 `ResourceNotFound` only when the tenant has no machines at all (the
+//!   docs' "no recent machines"); a filter that matches nothing gives 200 with `[]`. Pages hold
+//!   up to 10,000 machines; `@odata.nextLink` only without `$top`. Machines are listed in the
+//!   order they were added. App tokens see every machine (device groups are not enforced).
+//! - Machine `$filter`: besides `eq`/`ne`/`gt`/`ge`/`lt`/`le`, `startswith` and `and`/`or`, the
+//!   collection `machineTags` takes `machineTags/any(t: t eq 'x')`; `machineTags eq 'x'` is an
+//!   `ODataError`. Enum properties (`healthStatus`, `onboardingStatus`, `riskScore`,
+//!   `exposureLevel`, `deviceValue`) reject unknown values. Property names match
+//!   case-insensitively everywhere.
+//! - `GET /api/machines/{id}` and the calls under it take a device id or a computer name (full
+//!   FQDN or its first label, case-insensitive; with several, the most recently seen wins).
+//! - `onboardingStatus` is written `Onboarded` (as observed), compared case-insensitively.
+//!   Observed-only properties are served too: `agentVersion`, `defenderAvStatus` (`Updated`,
+//!   `NotUpdated`, `Disabled`, `Unknown` from the antivirus health; `NotReporting` for an
+//!   onboarded machine without it), `isPotentialDuplication`, `mergedIntoMachineId`, and `type`
+//!   in `ipAddresses`.
+//! - `findbyip`: a machine matches when it was seen with the IP within ±15 minutes of the time.
+//!   "Seen" means: its internal IPs at its `lastSeen` whenever the machine is added or edited (so
+//!   the history grows), plus sightings given by [`MachineSpec::seen_with_ip`]. Times more than
+//!   30 days old → 400 `BadRequest`; future times are accepted (clock skew). A bad IP →
+//!   `InvalidIpAddress`, a missing parameter → `MissingRequiredParameter`, other syntax →
+//!   `ODataError`. No match → 200 with `[]`.
+//! - Tags: `Value` 1–200 characters (else `InvalidInput`); `Action` `Add`/`Remove` matched
+//!   case-insensitively; tags compare exactly; adding a present tag or removing an absent one
+//!   answers 200 with the machine unchanged. Needs `Machine.ReadWrite.All` only.
+//! - `GET /api/deviceavinfo`: `Machine.ReadWrite.All` is accepted as well as the documented
+//!   `Machine.Read.All`. Rows only for onboarded machines that report antivirus health; `id` =
+//!   `machineId`; `computerDnsName` is the first DNS label (as in the documented sample); times
+//!   in whole seconds; `dataRefreshTimestamp` = when the machine or its health last changed;
+//!   `osVersion` `10.0.<osBuild>.<revision>` on Windows, else the machine's `version`. 20 rows a
+//!   page without `$top`; `@odata.nextLink` whenever rows remain, `$top` or not.
+//! - Alerts are listed in the order they appeared; `@odata.nextLink` whenever rows remain;
+//!   `"evidence": []` unless `$expand=evidence` (also on `GET /api/machines/{id}/alerts`, which
+//!   takes the same query options); `GET /api/alerts/{id}` includes evidence. Unknown alert →
+//!   404 `ResourceNotFound`. No retention limit.
+//! - Simulated test runs ([`Emulator::run_test`]): `Prevented` → an `Informational` alert from
+//!   `WindowsDefenderAv`, category `Malware`, file evidence `detectionStatus` `Prevented`;
+//!   `Detected` → a `Medium` alert from `WindowsDefenderAtp`, category `Execution`, file and
+//!   process evidence `Detected`; `NotDetected` → no alert. `investigationState` `Queued`; the
+//!   SHA-1, unless given, is a stand-in derived from the SHA-256. Alert ids follow Defender's
+//!   `da<ticks>_<number>` shape.
 
+mod alerts;
+mod assertion;
 mod config;
+pub mod credentials;
 mod endpoint;
 mod faults;
 mod http;
+mod machine_store;
+mod machines;
 mod odata;
+mod oidc;
 mod query;
 mod ratelimit;
+mod scenario;
 mod store;
 mod token;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -81,10 +157,13 @@ pub enum Cloud {
     DoD,
 }
 
+pub use alerts::{TestOutcome, TestRun};
 pub use config::{AppConfig, AppSecret, EmulatorConfig, EmulatorLimits, TenantConfig, sandbox_values};
+pub use credentials::{AppCertificate, FederatedCredential};
 pub use endpoint::Endpoint;
 pub use faults::Faults;
 pub use http::CallRecord;
+pub use machines::{AvMode, AvSpec, HealthStatus, MachineSpec, OnboardingStatus, sandbox_machines};
 pub use token::{MDE_APP_ID, MTP_APP_ID};
 
 use http::Shared;
@@ -113,84 +192,15 @@ fn hex_id(seed: &str, len: usize) -> String {
     Sha256::digest(seed).iter().map(|b| format!("{b:02x}")).collect::<String>()[..len].to_owned()
 }
 
-fn default_machines(tenant: &str, domain: &str) -> Vec<Value> {
-    let now = Timestamp::now();
-    let day = jiff::SignedDuration::from_hours(24);
-    (1..=2)
-        .map(|i| {
-            json!({
-                "id": hex_id(&format!("machine:{tenant}:{i}"), 40),
-                "computerDnsName": format!("sandbox-win11-{i:02}.{domain}"),
-                "firstSeen": store::fmt_time(now - day * 30),
-                "lastSeen": store::fmt_time(now - jiff::SignedDuration::from_mins(5 * i)),
-                "osPlatform": "Windows11",
-                "osProcessor": "x64",
-                "version": "23H2",
-                "osBuild": 22631,
-                "healthStatus": "Active",
-                "onboardingStatus": "onboarded",
-                "deviceValue": "Normal",
-                "rbacGroupId": 0,
-                "rbacGroupName": null,
-                "riskScore": "Low",
-                "exposureLevel": "Medium",
-                "isAadJoined": true,
-                "aadDeviceId": uuid::Uuid::new_v4().to_string(),
-                "machineTags": ["sandbox"],
-                "lastIpAddress": format!("10.0.0.{}", 10 + i),
-                "lastExternalIpAddress": format!("203.0.113.{}", 10 + i),
-            })
-        })
-        .collect()
-}
-
-fn default_alerts(tenant: &str, domain: &str) -> Vec<Value> {
-    let now = Timestamp::now();
-    let t = store::fmt_time(now - jiff::SignedDuration::from_hours(2));
-    vec![json!({
-        "id": format!("da{}_{}", &hex_id(&format!("alert:{tenant}"), 16).chars().filter(char::is_ascii_digit).collect::<String>(), 1364969609),
-        "incidentId": 7,
-        "investigationId": null,
-        "assignedTo": null,
-        "severity": "Informational",
-        "status": "New",
-        "classification": null,
-        "determination": null,
-        "detectionSource": "WindowsDefenderAv",
-        "category": "Malware",
-        "title": "A sandbox test binary was blocked",
-        "description": "Fake alert served by the Defender emulator.",
-        "alertCreationTime": t,
-        "firstEventTime": t,
-        "lastEventTime": t,
-        "lastUpdateTime": t,
-        "resolvedTime": null,
-        "machineId": hex_id(&format!("machine:{tenant}:1"), 40),
-        "computerDnsName": format!("sandbox-win11-01.{domain}"),
-        "evidence": [{
-            "entityType": "File",
-            "sha1": hex_id("evidence-sha1", 40),
-            "sha256": hex_id("evidence-sha256", 64),
-            "fileName": "probe.exe",
-            "filePath": "C:\\ProgramData\\probe",
-            "detectionStatus": "Blocked",
-        }],
-    })]
-}
-
 impl Emulator {
     /// Binds `127.0.0.1:0` and serves until shut down.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        let mut machines = HashMap::new();
-        let mut alerts = HashMap::new();
-        for t in config.tenants.iter().filter(|t| t.defender_provisioned) {
-            let id = t.id.to_ascii_lowercase();
-            let domain = t.domains.first().cloned().unwrap_or_else(|| "sandbox.local".into());
-            machines.insert(id.clone(), default_machines(&id, &domain));
-            alerts.insert(id.clone(), default_alerts(&id, &domain));
-        }
+        let now = Timestamp::now();
+        let machines = machine_store::Machines::sandbox(&config, now);
+        let alerts = alerts::Alerts::sandbox(&config, &machines, now);
+        let credentials = credentials::CredentialStore::from_config(&config);
         let shared = Arc::new(Shared {
             latency: Mutex::new(config.latency),
             config,
@@ -201,6 +211,7 @@ impl Emulator {
             calls: Mutex::default(),
             machines: Mutex::new(machines),
             alerts: Mutex::new(alerts),
+            credentials,
         });
         let router = axum::Router::new().fallback(http::handle).with_state(shared.clone());
         let cancel = CancellationToken::new();
@@ -280,14 +291,17 @@ impl Emulator {
         self.shared.store.lock().unwrap().delete(&tenant, id, None)
     }
 
-    /// Replaces a tenant's machines (an empty list makes `GET /api/machines` answer 404).
+    /// Replaces a tenant's machines with raw Machine entities, none of which reports antivirus
+    /// health (an empty list makes `GET /api/machines` answer 404). See also
+    /// [`Emulator::put_machine`] and the other hooks in `scenario`.
     pub fn set_machines(&self, tenant_id: &str, machines: Vec<Value>) {
-        self.shared.machines.lock().unwrap().insert(self.shared.tenant_id(tenant_id), machines);
+        let tenant = self.shared.tenant_id(tenant_id);
+        self.shared.machines.lock().unwrap().replace_all(&tenant, machines, Timestamp::now());
     }
 
-    /// Replaces a tenant's alerts.
+    /// Replaces a tenant's alerts (raw Alert entities, visible at once).
     pub fn set_alerts(&self, tenant_id: &str, alerts: Vec<Value>) {
-        self.shared.alerts.lock().unwrap().insert(self.shared.tenant_id(tenant_id), alerts);
+        self.shared.alerts.lock().unwrap().replace_all(&self.shared.tenant_id(tenant_id), alerts);
     }
 
     /// Stops the server (in-flight requests get up to 2 s to finish). Idempotent.

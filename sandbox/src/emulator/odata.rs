@@ -1,9 +1,12 @@
 //! A small OData v4 `$filter` parser and evaluator over JSON rows.
 //!
 //! Supported: `eq ne lt le gt ge`, `and`, `or`, `not`, parentheses, `startswith`, `endswith`,
-//! `contains`, string literals with `''` escaping, unquoted DateTimeOffset / Date literals,
-//! numbers, `true`/`false`/`null`. String and enum equality is case-insensitive (SQL collation).
-//! As in ASP.NET OData, a DateTimeOffset property compared with a quoted string is an error.
+//! `contains`, `any` on string collections (`machineTags/any(t: t eq 'x')`), string literals with
+//! `''` escaping, unquoted DateTimeOffset / Date literals (also `2018-08-01Z`, as Defender's own
+//! samples write them), numbers, `true`/`false`/`null`. Property names match case-insensitively
+//! (Defender's docs spell them both ways, e.g. `InvestigationId`, `ComputerDnsName`). String and
+//! enum equality is case-insensitive (SQL collation). As in ASP.NET OData, a DateTimeOffset
+//! property compared with a quoted string is an error, and so is comparing a collection.
 
 use std::cmp::Ordering;
 
@@ -18,6 +21,8 @@ pub(crate) enum Kind {
     DateTime,
     Bool,
     Number,
+    /// A collection of strings (e.g. `machineTags`): only `any` applies.
+    StrList,
 }
 
 impl Kind {
@@ -28,6 +33,7 @@ impl Kind {
             Kind::DateTime => "Edm.DateTimeOffset",
             Kind::Bool => "Edm.Boolean",
             Kind::Number => "Edm.Int64",
+            Kind::StrList => "Collection(Edm.String)",
         }
     }
 }
@@ -115,15 +121,33 @@ pub(crate) enum Filter {
     And(Box<Filter>, Box<Filter>),
     Or(Box<Filter>, Box<Filter>),
     Not(Box<Filter>),
-    Cmp { field: &'static str, kind: Kind, op: Op, lit: Lit },
-    Func { func: Func, field: &'static str, arg: String },
+    Cmp {
+        field: &'static str,
+        kind: Kind,
+        op: Op,
+        lit: Lit,
+    },
+    Func {
+        func: Func,
+        field: &'static str,
+        arg: String,
+    },
+    /// `field/any(x: body)`: some element satisfies `body`, where the element is [`LAMBDA_ITEM`].
+    Any {
+        field: &'static str,
+        body: Option<Box<Filter>>,
+    },
 }
+
+/// The pseudo-property a lambda variable stands for while its body is evaluated.
+const LAMBDA_ITEM: &str = "$it";
 
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
     LParen,
     RParen,
     Comma,
+    Colon,
     Str(String),
     Word(String),
 }
@@ -148,6 +172,10 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                 chars.next();
                 out.push(Tok::Comma);
             }
+            ':' => {
+                chars.next();
+                out.push(Tok::Colon);
+            }
             '\'' => {
                 chars.next();
                 let mut lit = String::new();
@@ -167,7 +195,9 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
             _ => {
                 let mut w = String::new();
                 while let Some(&ch) = chars.peek() {
-                    if ch.is_whitespace() || matches!(ch, '(' | ')' | ',' | '\'') {
+                    // A ':' ends a lambda variable (`t:`) but belongs to a time literal (`10:00`).
+                    let lambda_colon = ch == ':' && w.starts_with(|c: char| c.is_alphabetic());
+                    if ch.is_whitespace() || matches!(ch, '(' | ')' | ',' | '\'') || lambda_colon {
                         break;
                     }
                     w.push(ch);
@@ -184,13 +214,15 @@ struct Parser<'a> {
     toks: Vec<Tok>,
     pos: usize,
     schema: &'a Schema,
+    /// Inside `any(x: ...)`: the variable name.
+    lambda: Option<String>,
 }
 
-fn parse_time(w: &str) -> Option<Timestamp> {
+pub(crate) fn parse_time(w: &str) -> Option<Timestamp> {
     if let Ok(t) = w.parse::<Timestamp>() {
         return Some(t);
     }
-    if let Ok(d) = w.parse::<jiff::civil::Date>() {
+    if let Ok(d) = w.strip_suffix('Z').unwrap_or(w).parse::<jiff::civil::Date>() {
         return d.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp());
     }
     None
@@ -239,10 +271,13 @@ impl Parser<'_> {
         self.primary()
     }
     fn field(&self, name: &str) -> Result<(&'static str, Kind), String> {
+        if self.lambda.as_deref() == Some(name) {
+            return Ok((LAMBDA_ITEM, Kind::Str));
+        }
         self.schema
             .fields
             .iter()
-            .find(|(f, _)| *f == name)
+            .find(|(f, _)| f.eq_ignore_ascii_case(name))
             .map(|(f, k)| (*f, *k))
             .ok_or_else(|| format!("Could not find a property named '{name}' on type '{}'.", self.schema.entity))
     }
@@ -256,6 +291,10 @@ impl Parser<'_> {
         // Function call?
         if let (Some(Tok::Word(w)), Some(Tok::LParen)) = (self.toks.get(self.pos).cloned(), self.toks.get(self.pos + 1))
         {
+            if let Some((name, "any")) = w.split_once('/') {
+                self.pos += 2;
+                return self.any(name);
+            }
             let func = match w.as_str() {
                 "startswith" => Func::StartsWith,
                 "endswith" => Func::EndsWith,
@@ -331,6 +370,27 @@ impl Parser<'_> {
         }
         Ok(Filter::Cmp { field, kind, op, lit })
     }
+    /// After `field/any(`: an empty `any()` or `x: <expression over x>`, then `)`.
+    fn any(&mut self, name: &str) -> Result<Filter, String> {
+        let (field, kind) = self.field(name)?;
+        if kind != Kind::StrList || self.lambda.is_some() {
+            return Err(format!("The 'any' operator cannot be applied to '{name}'."));
+        }
+        if self.peek() == Some(&Tok::RParen) {
+            self.pos += 1;
+            return Ok(Filter::Any { field, body: None });
+        }
+        let Some(Tok::Word(var)) = self.next() else {
+            return Err("Syntax error: expected a range variable in 'any'.".into());
+        };
+        self.expect(Tok::Colon)?;
+        self.lambda = Some(var);
+        let body = self.or();
+        self.lambda = None;
+        let body = body?;
+        self.expect(Tok::RParen)?;
+        Ok(Filter::Any { field, body: Some(Box::new(body)) })
+    }
     fn operand(&mut self) -> Result<Operand, String> {
         match self.next() {
             Some(Tok::Str(s)) => Ok(Operand::Lit(Lit::Str(s))),
@@ -368,7 +428,7 @@ pub(crate) fn parse(filter: &str, schema: &Schema) -> Result<Filter, String> {
     if toks.is_empty() {
         return Err("The $filter expression is empty.".into());
     }
-    let mut p = Parser { toks, pos: 0, schema };
+    let mut p = Parser { toks, pos: 0, schema, lambda: None };
     let f = p.or()?;
     if p.pos < p.toks.len() {
         return Err(format!("Syntax error at position {} in '{filter}'.", p.pos));
@@ -393,6 +453,17 @@ impl Filter {
             Filter::And(a, b) => a.matches(row) && b.matches(row),
             Filter::Or(a, b) => a.matches(row) || b.matches(row),
             Filter::Not(a) => !a.matches(row),
+            Filter::Any { field, body } => {
+                let items = row.get(*field).and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+                match body {
+                    None => !items.is_empty(),
+                    Some(b) => items.iter().any(|item| {
+                        let mut it = serde_json::Map::new();
+                        it.insert(LAMBDA_ITEM.into(), item.clone());
+                        b.matches(&Value::Object(it))
+                    }),
+                }
+            }
             Filter::Func { func, field, arg } => {
                 let Some(v) = row.get(*field).and_then(Value::as_str) else { return false };
                 let (v, arg) = (v.to_lowercase(), arg.to_lowercase());
@@ -474,6 +545,22 @@ mod tests {
         assert!(m("startswith(title,'IT')", &row));
         assert!(!m("expirationTime eq null", &json!({"expirationTime": "2024-01-01T00:00:00Z"})));
         assert!(m("expirationTime eq null", &json!({"expirationTime": null})));
+        assert!(m("IndicatorValue eq 'abc' and expirationTime lt 2024-01-02Z", &row));
+    }
+
+    #[test]
+    fn any_over_a_string_collection() {
+        const TAGGED: Schema = Schema { entity: "Machine", fields: &[("machineTags", Kind::StrList)] };
+        let row = json!({"machineTags": ["Probe Runner", "vip"]});
+        let m = |f: &str, row: &Value| parse(f, &TAGGED).unwrap().matches(row);
+        assert!(m("machineTags/any(t: t eq 'probe runner')", &row));
+        assert!(m("machineTags/any(t:startswith(t,'VI'))", &row));
+        assert!(!m("machineTags/any(x: x eq 'other')", &row));
+        assert!(m("machineTags/any()", &row));
+        assert!(!m("machineTags/any()", &json!({"machineTags": []})));
+        for bad in ["machineTags eq 'vip'", "startswith(machineTags,'v')", "machineTags/any(t: u eq 'a')"] {
+            assert!(parse(bad, &TAGGED).is_err(), "{bad}");
+        }
     }
 
     #[test]

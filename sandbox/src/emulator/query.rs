@@ -10,6 +10,17 @@ use super::store::ApiError;
 /// Largest page and `$top` Defender allows.
 pub(crate) const MAX_TOP: usize = 10_000;
 
+/// How a list pages: its page size without `$top`, and whether `@odata.nextLink` is emitted when
+/// the client gave `$top` (Defender omits it on `GET /api/machines` then).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Paging {
+    pub default_page: usize,
+    pub next_link_with_top: bool,
+}
+
+/// Indicators and alerts: pages of up to 10,000, a nextLink whenever rows remain.
+pub(crate) const FULL_PAGES: Paging = Paging { default_page: MAX_TOP, next_link_with_top: true };
+
 /// Parsed OData query options.
 pub(crate) struct Query {
     filter: Option<(String, odata::Filter)>,
@@ -119,6 +130,11 @@ impl Query {
 
     /// Filters, orders, pages; adds `@odata.context`, `@odata.count`, `@odata.nextLink`.
     pub(crate) fn page(&self, rows: Vec<Value>, base: &str, path: &str, set: &str) -> Value {
+        self.page_with(rows, base, path, set, FULL_PAGES)
+    }
+
+    /// [`Query::page`] with the list's own paging rules.
+    pub(crate) fn page_with(&self, rows: Vec<Value>, base: &str, path: &str, set: &str, paging: Paging) -> Value {
         let mut rows: Vec<Value> = match &self.filter {
             Some((_, f)) => rows.into_iter().filter(|r| f.matches(r)).collect(),
             None => rows,
@@ -130,7 +146,7 @@ impl Query {
             });
         }
         let total = rows.len();
-        let size = self.top.unwrap_or(MAX_TOP).min(MAX_TOP);
+        let size = self.top.unwrap_or(paging.default_page).min(MAX_TOP);
         let page: Vec<Value> = rows
             .into_iter()
             .skip(self.skip)
@@ -149,7 +165,8 @@ impl Query {
             out.insert("@odata.count".into(), json!(total));
         }
         let next_skip = self.skip + page.len();
-        if !page.is_empty() && next_skip < total {
+        let link_allowed = self.top.is_none() || paging.next_link_with_top;
+        if !page.is_empty() && next_skip < total && link_allowed {
             let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let mut params = Vec::new();
             if let Some((raw, _)) = &self.filter {

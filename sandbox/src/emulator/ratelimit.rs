@@ -28,6 +28,7 @@ impl Limiter {
         let (per_minute, per_hour) = match endpoint {
             Endpoint::ImportIndicators => (limits.import_per_minute, None),
             Endpoint::BatchDeleteIndicators => (limits.batch_delete_per_minute, Some(limits.batch_delete_per_hour)),
+            Endpoint::DeviceAvInfo => (limits.device_av_info_per_minute, Some(limits.device_av_info_per_hour)),
             _ => (limits.other_per_minute, Some(limits.other_per_hour)),
         };
         let window = self.windows.entry((tenant.to_owned(), app.to_owned(), endpoint)).or_default();

@@ -2,7 +2,9 @@
 //!
 //! Tokens are v1-style (`ver` "1.0", `appid`, `aud` = the requested resource, as MDE issues
 //! them even from the v2 endpoint), signed HS256 with a random per-emulator key, and verified on
-//! every API call.
+//! every API call. The client authenticates with a secret (form or HTTP Basic) or with a client
+//! assertion (`client_assertion_type` jwt-bearer + `client_assertion`, checked in `assertion`);
+//! the token says which in `appidacr` (`1` secret, `2` assertion).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -10,7 +12,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Cloud;
+use super::assertion::Assertion;
 use super::config::{AppConfig, TenantConfig};
+use super::credentials::{CLIENT_ASSERTION_TYPE, CredentialStore};
 
 /// The WindowsDefenderATP resource app id.
 pub const MDE_APP_ID: &str = "fc780465-2017-40d4-a0c5-307022471b92";
@@ -181,6 +185,8 @@ pub(crate) struct TokenRequest<'a> {
     pub content_type: Option<&'a str>,
     pub authorization: Option<&'a str>,
     pub body: &'a [u8],
+    /// The `Host` header: a certificate assertion's `aud` names the endpoint on it.
+    pub host: &'a str,
 }
 
 pub(crate) struct Issuer<'a> {
@@ -188,6 +194,9 @@ pub(crate) struct Issuer<'a> {
     pub key: &'a [u8],
     pub lifetime: std::time::Duration,
     pub down: bool,
+    pub credentials: &'a CredentialStore,
+    /// Refuse a certificate assertion whose `jti` was already used.
+    pub reject_replays: bool,
 }
 
 fn oid_for(tenant: &str, app: &str) -> String {
@@ -196,15 +205,15 @@ fn oid_for(tenant: &str, app: &str) -> String {
 }
 
 impl Issuer<'_> {
-    pub(crate) fn handle(&self, req: &TokenRequest<'_>) -> TokenOutcome {
+    pub(crate) async fn handle(&self, req: &TokenRequest<'_>) -> TokenOutcome {
         let mut out = TokenOutcome { status: 0, body: Value::Null, tenant: None, app: None };
-        let (status, body) = self.issue(req, &mut out);
+        let (status, body) = self.issue(req, &mut out).await;
         out.status = status;
         out.body = body;
         out
     }
 
-    fn issue(&self, req: &TokenRequest<'_>, out: &mut TokenOutcome) -> (u16, Value) {
+    async fn issue(&self, req: &TokenRequest<'_>, out: &mut TokenOutcome) -> (u16, Value) {
         if self.down {
             return aad_error(
                 503,
@@ -337,37 +346,48 @@ impl Issuer<'_> {
                 &format!("Application '{}'({}) is disabled.", app.client_id, app.client_id),
             );
         }
-        let Some(secret) = secret else {
-            return aad_error(
-                401,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            );
-        };
-        if !app.secrets.iter().any(|s| !s.expired && s.value == secret) {
-            if app.secrets.iter().any(|s| s.expired && s.value == secret) {
+        let assertion = field("client_assertion")
+            .filter(|_| field("client_assertion_type").as_deref() == Some(CLIENT_ASSERTION_TYPE));
+        let appidacr = match (secret, assertion) {
+            (_, Some(assertion)) => {
+                let check = Assertion {
+                    tenant,
+                    client_id: &app.client_id,
+                    host: req.host,
+                    store: self.credentials,
+                    reject_replays: self.reject_replays,
+                };
+                if let Err(r) = check.verify(&assertion).await {
+                    return aad_error(r.status, r.error, r.code, &r.description);
+                }
+                "2"
+            }
+            (Some(secret), None) => match check_secret(app, &secret) {
+                Ok(()) => "1",
+                Err(refusal) => return refusal,
+            },
+            (None, None) => {
                 return aad_error(
                     401,
                     "invalid_client",
-                    7000222,
-                    &format!(
-                        "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
-                        app.client_id
-                    ),
+                    7000218,
+                    "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
                 );
             }
-            return aad_error(
-                401,
-                "invalid_client",
-                7000215,
-                &format!(
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
-                    app.client_id
-                ),
-            );
-        }
+        };
+        self.resource_token(req.v2, tenant, app, &resource, appidacr)
+    }
 
+    /// The token for `resource`, or why the tenant has none to give.
+    fn resource_token(
+        &self,
+        v2: bool,
+        tenant: &TenantConfig,
+        app: &AppConfig,
+        resource: &str,
+        appidacr: &str,
+    ) -> (u16, Value) {
+        let tenant_id = tenant.id.to_ascii_lowercase();
         let not_found = || {
             aad_error(
                 400,
@@ -379,7 +399,7 @@ impl Issuer<'_> {
                 ),
             )
         };
-        let Some((kind, clouds)) = resource_kind(&resource) else { return not_found() };
+        let Some((kind, clouds)) = resource_kind(resource) else { return not_found() };
         if !clouds.contains(&tenant.cloud) {
             if clouds.iter().all(|c| gov_login(*c) != gov_login(tenant.cloud)) {
                 // The resource lives behind the other login host: a national-cloud mismatch.
@@ -398,10 +418,18 @@ impl Issuer<'_> {
         if !tenant.defender_provisioned {
             return not_found();
         }
-        (200, self.success(req.v2, tenant, app, &resource, kind))
+        (200, self.success(v2, tenant, app, resource, kind, appidacr))
     }
 
-    fn success(&self, v2: bool, tenant: &TenantConfig, app: &AppConfig, resource: &str, kind: ResourceKind) -> Value {
+    fn success(
+        &self,
+        v2: bool,
+        tenant: &TenantConfig,
+        app: &AppConfig,
+        resource: &str,
+        kind: ResourceKind,
+        appidacr: &str,
+    ) -> Value {
         let now = jiff::Timestamp::now().as_second();
         let lifetime = self.lifetime.as_secs() as i64;
         let tid = tenant.id.to_ascii_lowercase();
@@ -420,7 +448,7 @@ impl Issuer<'_> {
             "aio": "sandbox",
             "app_displayname": format!("sandbox app {}", app.client_id),
             "appid": app.client_id,
-            "appidacr": "1",
+            "appidacr": appidacr,
             "idp": iss,
             "idtyp": "app",
             "oid": oid,
@@ -447,6 +475,34 @@ impl Issuer<'_> {
             })
         }
     }
+}
+
+/// The secret sent, against the app's: AADSTS7000222 when it matches only an expired one,
+/// AADSTS7000215 when it matches none.
+fn check_secret(app: &AppConfig, secret: &str) -> Result<(), (u16, Value)> {
+    if app.secrets.iter().any(|s| !s.expired && s.value == secret) {
+        return Ok(());
+    }
+    if app.secrets.iter().any(|s| s.expired && s.value == secret) {
+        return Err(aad_error(
+            401,
+            "invalid_client",
+            7000222,
+            &format!(
+                "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
+                app.client_id
+            ),
+        ));
+    }
+    Err(aad_error(
+        401,
+        "invalid_client",
+        7000215,
+        &format!(
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
+            app.client_id
+        ),
+    ))
 }
 
 #[cfg(test)]
