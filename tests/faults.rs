@@ -494,7 +494,14 @@ async fn rolling_upgrade_replaces_the_leader_mid_push() {
     let new = replica(&world, "replica-new");
     old.terminate().await;
     world.defender.set_latency(Duration::ZERO);
-    verify_with(&world, &[new.metrics.clone()], "rolling upgrade: leader replaced mid-push", 1, 0..FINDINGS).await;
+    verify_with(
+        &world,
+        std::slice::from_ref(&new.metrics),
+        "rolling upgrade: leader replaced mid-push",
+        1,
+        0..FINDINGS,
+    )
+    .await;
     assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-new"));
     new.task.abort();
 }
