@@ -25,7 +25,11 @@ fn policy(emu: &Emulator) -> HostPolicy {
 }
 
 fn creds(tenant: &str, app: &str, secret: &str) -> Credentials {
-    Credentials { tenant_id: tenant.into(), client_id: app.into(), client_secret: secret.to_string().into() }
+    Credentials {
+        tenant_id: tenant.into(),
+        client_id: app.into(),
+        proof: defender_operator::defender::assertion::Proof::Secret(secret.to_string().into()),
+    }
 }
 
 fn client_with(emu: &Emulator, cloud: Cloud, credentials: Credentials, options: ClientOptions) -> DefenderClient {

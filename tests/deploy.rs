@@ -96,6 +96,7 @@ fn assert_operator_rules(objects: &[Value], kind: &str) {
     assert_eq!(verbs_on(objects, kind, "detect.dev", "probefindings"), set(&["get", "list", "watch", "patch"]));
     assert_eq!(verbs_on(objects, kind, "detect.dev", "defenderpartners/status"), set(&["patch"]));
     assert_eq!(verbs_on(objects, kind, "detect.dev", "probefindings/status"), set(&["patch"]));
+    assert_eq!(verbs_on(objects, kind, "", "serviceaccounts/token"), set(&["create"]), "tokens for workload identity");
 }
 
 /// Leases only in a namespaced Role, in the operator's namespace, reading/renewing one Lease.

@@ -623,6 +623,9 @@ mod jwt {
                     Exp::Float(f) => Some(f as i64),
                 },
                 audiences,
+                // The generated payloads carry no `iss` or `sub`.
+                issuer: None,
+                subject: None,
             };
             prop_assert_eq!(decode(&token).unwrap(), expected);
         }
@@ -1088,7 +1091,11 @@ mod odata {
                 default_http_client().unwrap(),
                 Cloud::Commercial,
                 Some(&self.base()),
-                Credentials { tenant_id: TENANT.into(), client_id: APP.into(), client_secret: "s".to_string().into() },
+                Credentials {
+                    tenant_id: TENANT.into(),
+                    client_id: APP.into(),
+                    proof: defender_operator::defender::assertion::Proof::Secret("s".to_string().into()),
+                },
                 &policy,
                 Arc::new(RateLimiter::new(limits)),
                 ClientOptions {

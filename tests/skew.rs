@@ -54,8 +54,8 @@ fn older_crds() -> String {
     })
 }
 
-/// CRDs newer than the operator: credentials may name a ServiceAccount instead of a Secret
-/// (`secretRef` no longer required), and the spec has a field this operator does not know.
+/// CRDs newer than the operator: a credentials type this operator does not know (with its own
+/// field and rules), and a spec field it does not know.
 fn newer_crds() -> String {
     edited(include_str!("../crds/detect.dev.yaml"), |kind, schema| {
         if kind != "DefenderPartner" {
@@ -64,12 +64,12 @@ fn newer_crds() -> String {
         let spec = schema.pointer_mut("/properties/spec/properties").unwrap().as_object_mut().unwrap();
         spec.insert("futureKnob".into(), json!({"type": "boolean"}));
         let credentials = spec["credentials"].as_object_mut().unwrap();
-        credentials.remove("required");
+        credentials.remove("x-kubernetes-validations");
         let properties = credentials["properties"].as_object_mut().unwrap();
         properties.insert("type".into(), json!({"type": "string"}));
         properties.insert(
-            "serviceAccountRef".into(),
-            json!({"type": "object", "properties": {"name": {"type": "string"}, "audience": {"type": "string"}}}),
+            "managedIdentity".into(),
+            json!({"type": "object", "properties": {"clientId": {"type": "string"}}}),
         );
     })
 }
@@ -150,16 +150,17 @@ async fn objects_from_the_previous_release_keep_working_after_the_upgrade() {
     assert_eq!(writes_while_touching(&world, &["defender"], &["old", "new"]).await, 0);
 }
 
-/// CRDs newer than the operator: a partner the operator cannot read (no `secretRef`) is reported
-/// on its own, a field it does not know is ignored and left alone, and everything else goes on.
+/// CRDs newer than the operator: a partner the operator cannot read (a credentials type it does
+/// not know) is reported on its own, a field it does not know is ignored and left alone, and
+/// everything else goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_from_a_newer_crd_is_reported_and_stalls_nothing() {
     let sandbox = Sandbox::start(SandboxOptions::default()).await.expect("sandbox starts");
     sandbox.apply_yaml(&newer_crds()).await.expect("CRDs replaced");
     // There before the operator starts: in its very first list, which must not fail.
     let unreadable = json!({"apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
-        "metadata": {"name": "federated", "namespace": NS},
-        "spec": {"credentials": {"type": "WorkloadIdentity", "serviceAccountRef": {"name": "defender"}}}});
+        "metadata": {"name": "managed", "namespace": NS},
+        "spec": {"credentials": {"type": "ManagedIdentity", "managedIdentity": {"clientId": "defender"}}}});
     sandbox.apply_yaml(&serde_yaml_ng::to_string(&unreadable).unwrap()).await.unwrap();
     let operator = Some(sandbox.start_operator());
     let world = World { sandbox, operator };
@@ -169,16 +170,16 @@ async fn a_partner_from_a_newer_crd_is_reported_and_stalls_nothing() {
 
     let untyped = untyped::<DefenderPartner>(&world);
     let deadline = tokio::time::Instant::now() + common::WAIT;
-    let federated = loop {
-        let federated = untyped.get("federated").await.unwrap();
-        if federated.data["status"]["reason"] == "UnsupportedSpec" {
-            break federated;
+    let managed = loop {
+        let managed = untyped.get("managed").await.unwrap();
+        if managed.data["status"]["reason"] == "UnsupportedSpec" {
+            break managed;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not reported: {federated:?}");
+        assert!(tokio::time::Instant::now() < deadline, "not reported: {managed:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(federated.data["status"]["state"], "Detached");
-    let message = federated.data["status"]["message"].as_str().unwrap().to_string();
+    assert_eq!(managed.data["status"]["state"], "Detached");
+    let message = managed.data["status"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("spec.credentials") && message.contains(env!("CARGO_PKG_VERSION")), "{message}");
     let events: Api<Event> = Api::namespaced(world.admin.clone(), NS);
     let deadline = tokio::time::Instant::now() + common::WAIT;
@@ -187,7 +188,7 @@ async fn a_partner_from_a_newer_crd_is_reported_and_stalls_nothing() {
         let reported = list.items.iter().any(|e| {
             e.reason.as_deref() == Some("UnsupportedSpec")
                 && e.type_.as_deref() == Some("Warning")
-                && e.involved_object.name.as_deref() == Some("federated")
+                && e.involved_object.name.as_deref() == Some("managed")
         });
         if reported {
             break;
@@ -198,5 +199,5 @@ async fn a_partner_from_a_newer_crd_is_reported_and_stalls_nothing() {
     // The field the operator does not know is still there: never written back.
     let raw = untyped.get("defender").await.unwrap();
     assert_eq!(raw.data["spec"]["futureKnob"], json!(true), "{raw:?}");
-    assert_eq!(writes_while_touching(&world, &["defender", "federated"], &["f"]).await, 0);
+    assert_eq!(writes_while_touching(&world, &["defender", "managed"], &["f"]).await, 0);
 }

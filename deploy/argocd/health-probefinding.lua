@@ -17,6 +17,7 @@ local terminal = {
   ConfigError = true, Blocked = true, TokenMismatch = true, MissingPermission = true,
   DisabledFeature = true, ApiHostNotAllowed = true, InvalidFinding = true, PartnerNotFound = true,
   DeliveryFailed = true, QuotaExceeded = true, PushFailed = true, UnsupportedSpec = true,
+  CredentialsIncomplete = true, CertificateInvalid = true, CertificateExpired = true, AssertionRejected = true, ServiceAccountNotFound = true, TokenRequestDenied = true, FederatedCredentialMismatch = true,
 }
 
 local function with_message(prefix, reason, message)

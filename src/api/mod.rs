@@ -11,8 +11,8 @@ pub use finding::{
     TestState,
 };
 pub use partner::{
-    Cloud, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy, IndicatorAction, PartnerState,
-    Severity,
+    Cloud, CredentialsType, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy,
+    IndicatorAction, PartnerState, Severity,
 };
 pub use reason::{EventReason, FindingReason, Outlook, PartnerReason};
 

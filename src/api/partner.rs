@@ -106,10 +106,61 @@ pub enum Cloud {
     DoD,
 }
 
+/// How the operator authenticates as the partner's Entra app.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CredentialsType {
+    /// A client secret, from `secretRef`.
+    #[default]
+    ClientSecret,
+    /// A certificate and its RSA private key, from `secretRef` (a `kubernetes.io/tls` Secret works
+    /// as it is): the operator signs a client assertion; the key never leaves the cluster.
+    Certificate,
+    /// Workload identity federation: a token of `serviceAccountRef`, created by the operator for
+    /// each validation and token renewal, is the client assertion. No secret is stored.
+    WorkloadIdentity,
+}
+
+impl CredentialsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialsType::ClientSecret => "ClientSecret",
+            CredentialsType::Certificate => "Certificate",
+            CredentialsType::WorkloadIdentity => "WorkloadIdentity",
+        }
+    }
+}
+
+/// Where the Entra app's credentials are.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.type == 'WorkloadIdentity' || has(self.secretRef)",
+     "message": "secretRef is required for type ClientSecret and Certificate",
+     "fieldPath": ".secretRef", "reason": "FieldValueRequired"},
+    {"rule": "self.type != 'WorkloadIdentity' || has(self.serviceAccountRef)",
+     "message": "serviceAccountRef is required for type WorkloadIdentity",
+     "fieldPath": ".serviceAccountRef", "reason": "FieldValueRequired"}
+]))]
 pub struct Credentials {
-    pub secret_ref: SecretRef,
+    /// `ClientSecret` (default), `Certificate` or `WorkloadIdentity`.
+    #[serde(default, rename = "type")]
+    pub type_: CredentialsType,
+    /// The tenant GUID or verified domain; else the Secret's `tenantIdKey`, or the ServiceAccount's
+    /// `azure.workload.identity/tenant-id` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tenant_id: Option<String>,
+    /// The app's client id; else the Secret's `clientIdKey`, or the ServiceAccount's
+    /// `azure.workload.identity/client-id` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_id: Option<String>,
+    /// A Secret in the partner's namespace (types `ClientSecret` and `Certificate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// A ServiceAccount in the partner's namespace (type `WorkloadIdentity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_ref: Option<ServiceAccountRef>,
 }
 
 /// A Secret in the partner's namespace and the keys that hold each value.
@@ -130,8 +181,42 @@ pub struct SecretRef {
     #[serde(default = "default_client_secret_key")]
     #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
     pub client_secret_key: String,
+    /// The Secret key holding the PEM certificate, the app's first (default `tls.crt`).
+    #[serde(default = "default_certificate_key")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub certificate_key: String,
+    /// The Secret key holding the PEM RSA private key, PKCS#1 or PKCS#8 (default `tls.key`).
+    #[serde(default = "default_private_key_key")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub private_key_key: String,
 }
 
+/// A ServiceAccount of the partner's namespace whose tokens the app trusts through a federated
+/// identity credential.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(min = 1, max = 253))]
+    pub name: String,
+    /// The token's audience, as the federated credential lists it (default
+    /// `api://AzureADTokenExchange`).
+    #[serde(default = "default_audience")]
+    #[schemars(length(min = 1, max = 600))]
+    pub audience: String,
+}
+
+/// The audience Entra recommends for federated credentials.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+fn default_audience() -> String {
+    TOKEN_EXCHANGE_AUDIENCE.into()
+}
+fn default_certificate_key() -> String {
+    "tls.crt".into()
+}
+fn default_private_key_key() -> String {
+    "tls.key".into()
+}
 fn default_tenant_id_key() -> String {
     "tenantId".into()
 }
@@ -269,6 +354,12 @@ pub struct DefenderPartnerStatus {
     pub tenant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The credentials type in use (`spec.credentials.type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_type: Option<CredentialsType>,
+    /// When the credentials stop working: a certificate's `notAfter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expiry: Option<Time>,
     /// SHA-256 of the credential values used, to notice rotation without storing them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_hash: Option<String>,

@@ -106,6 +106,13 @@ reasons! {
         SecretKeyMissing => Terminal, "Add them, or set `tenantIdKey`/`clientIdKey`/`clientSecretKey`.";
         SecretKeyInvalid => Terminal, "Store the plain value.";
         InvalidSecret => Terminal, "Copy the secret **value**.";
+        CredentialsIncomplete => Terminal, "Set `spec.credentials.tenantId` and `clientId`, the Secret's keys, or the ServiceAccount's `azure.workload.identity/tenant-id` and `client-id` annotations.";
+        CertificateInvalid => Terminal, "Store the app's PEM certificate and its unencrypted RSA key (PKCS#1 or PKCS#8) under `certificateKey`/`privateKeyKey`.";
+        CertificateExpired => Terminal, "Upload a new certificate to the app in Entra and update the Secret.";
+        AssertionRejected => Terminal, "Check the certificate is uploaded to the app (Certificates & secrets), or the cluster's issuer is reachable over https.";
+        ServiceAccountNotFound => Terminal, "Create the ServiceAccount in the partner's namespace, or correct `serviceAccountRef.name`.";
+        TokenRequestDenied => Terminal, "Grant the operator `create` on `serviceaccounts/token` (the ClusterRole in `deploy/` has it).";
+        FederatedCredentialMismatch => Terminal, "Add a federated credential to the app with the issuer, subject and audience the message names.";
         SecretExpired => Terminal, "Create a new secret, update the Secret.";
         CredentialMissing => Terminal, "Fill `clientSecret`.";
         AppNotFound => Terminal, "Check the client id and the tenant.";
@@ -166,6 +173,8 @@ reasons! {
         /// A deleted partner's indicators were left in Defender (credentials unusable, or
         /// Defender unreachable for 10 minutes).
         IndicatorsNotWithdrawn => Retrying, "Delete them in the Defender portal (application `defender-operator`).";
+        /// The partner's certificate expires within 30 days (each re-validation says it again).
+        CredentialsExpiring => Terminal, "Upload a new certificate to the app in Entra and update the Secret.";
     }
 }
 

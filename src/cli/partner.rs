@@ -9,18 +9,19 @@ use clap::{Args, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use secrecy::SecretString;
 use serde_json::json;
 
 use crate::api::{Cloud, DefenderPartner, PartnerState};
-use crate::defender::Credentials;
+use crate::controller::credentials;
+use crate::defender::assertion::CertificateKey;
 
 const MANAGER: &str = "defender-operator-cli";
 const SECRET_ENV: &str = "DEFENDER_CLIENT_SECRET";
 
 #[derive(Subcommand, Debug)]
 pub enum PartnerCommand {
-    /// Attach a partner: `partner attach defender --user TENANT_ID --secret APP_ID/APP_SECRET`.
+    /// Attach a partner: `partner attach defender --user TENANT_ID --secret APP_ID/APP_SECRET`, or
+    /// `--certificate FILE --private-key FILE --client-id APP_ID`, or `--service-account NAME`.
     Attach(AttachArgs),
     /// Detach a partner: delete it (or only suspend it).
     Detach(DetachArgs),
@@ -34,6 +35,7 @@ pub enum PartnerKind {
 }
 
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("proof").required(true).args(["secret", "certificate", "service_account"]))]
 pub struct AttachArgs {
     pub kind: PartnerKind,
     /// The Entra tenant id (GUID or verified domain).
@@ -42,7 +44,22 @@ pub struct AttachArgs {
     /// `APP_ID/APP_SECRET`; or just `APP_ID`, with the secret in $DEFENDER_CLIENT_SECRET or on
     /// standard input, which keeps it out of shell history.
     #[arg(long)]
-    pub secret: String,
+    pub secret: Option<String>,
+    /// A PEM certificate uploaded to the app (with `--private-key` and `--client-id`): written to a
+    /// `kubernetes.io/tls` Secret; the operator signs client assertions with its key.
+    #[arg(long, requires_all = ["private_key", "client_id"], value_name = "FILE")]
+    pub certificate: Option<std::path::PathBuf>,
+    /// The certificate's PEM RSA private key (PKCS#1 or PKCS#8).
+    #[arg(long, requires = "certificate", value_name = "FILE")]
+    pub private_key: Option<std::path::PathBuf>,
+    /// Workload identity: a ServiceAccount of the namespace whose tokens the app trusts through a
+    /// federated credential. No secret is stored.
+    #[arg(long, value_name = "NAME")]
+    pub service_account: Option<String>,
+    /// The app's client id, with `--certificate` or `--service-account` (for the latter, default:
+    /// the ServiceAccount's `azure.workload.identity/client-id` annotation).
+    #[arg(long, value_name = "APP_ID")]
+    pub client_id: Option<String>,
     /// Defender API host or URL (default: the cloud's).
     #[arg(long)]
     pub api: Option<String>,
@@ -161,38 +178,65 @@ fn api_url(api: &str) -> String {
 }
 
 async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Result<()> {
-    let (client_id, client_secret) = split_secret(&args.secret)?;
-    let secret_name = format!("{}-credentials", args.name);
-    let expected_hash = crate::controller::partner::credentials_hash(&Credentials {
-        tenant_id: args.user.trim().to_string(),
-        client_id: client_id.clone(),
-        client_secret: SecretString::from(client_secret.clone()),
-    });
+    let tenant_id = args.user.trim().to_string();
     let params = PatchParams::apply(MANAGER).force();
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": secret_name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
-        "type": "Opaque",
-        "stringData": {"tenantId": args.user.trim(), "clientId": client_id, "clientSecret": client_secret},
-    });
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .patch(&secret_name, &params, &Patch::Apply(&secret))
-        .await
-        .with_context(|| format!("writing Secret {namespace}/{secret_name}"))?;
-    let partner = partner_object(&args, namespace, &secret_name);
+    let secret_name = format!("{}-credentials", args.name);
+    // What the partner's credentials look like, and the hash the operator will report for them.
+    let (credentials, secret, expected_hash) = if let Some(account) = &args.service_account {
+        let mut credentials =
+            json!({"type": "WorkloadIdentity", "tenantId": tenant_id, "serviceAccountRef": {"name": account}});
+        let reference: crate::api::partner::ServiceAccountRef =
+            serde_json::from_value(json!({"name": account})).context("--service-account")?;
+        let hash = args.client_id.as_deref().map(|client_id| {
+            credentials["clientId"] = json!(client_id.trim());
+            credentials::federated_hash(&tenant_id, client_id.trim(), namespace, &reference)
+        });
+        (credentials, None, hash)
+    } else if let (Some(certificate), Some(key), Some(client_id)) =
+        (&args.certificate, &args.private_key, &args.client_id)
+    {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let (certificate, key) = (read(certificate)?, read(key)?);
+        // Refused here, before anything is written: the operator would say the same.
+        CertificateKey::from_pem(certificate.as_bytes(), key.as_bytes()).context("--certificate/--private-key")?;
+        let secret = json!({"type": "kubernetes.io/tls", "stringData": {"tls.crt": certificate, "tls.key": key}});
+        let hash = credentials::certificate_hash(&tenant_id, client_id.trim(), &certificate, &key);
+        let credentials = json!({"type": "Certificate", "tenantId": tenant_id, "clientId": client_id.trim(), "secretRef": {"name": secret_name}});
+        (credentials, Some(secret), Some(hash))
+    } else {
+        let (client_id, client_secret) = split_secret(args.secret.as_deref().unwrap_or_default())?;
+        let hash = credentials::client_secret_hash(&tenant_id, &client_id, &client_secret);
+        let secret = json!({"type": "Opaque",
+            "stringData": {"tenantId": tenant_id, "clientId": client_id, "clientSecret": client_secret}});
+        (json!({"secretRef": {"name": secret_name}}), Some(secret), Some(hash))
+    };
+    if let Some(mut secret) = secret {
+        secret["apiVersion"] = json!("v1");
+        secret["kind"] = json!("Secret");
+        secret["metadata"] = json!({"name": secret_name, "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGER}});
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .patch(&secret_name, &params, &Patch::Apply(&secret))
+            .await
+            .with_context(|| format!("writing Secret {namespace}/{secret_name}"))?;
+        eprintln!("applied Secret {secret_name}");
+    }
+    let partner = partner_object(&args, namespace, credentials);
     let partners: Api<DefenderPartner> = Api::namespaced(client, namespace);
     partners
         .patch(&args.name, &params, &Patch::Apply(&partner))
         .await
         .with_context(|| format!("writing DefenderPartner {namespace}/{}", args.name))?;
-    eprintln!("applied Secret {secret_name} and DefenderPartner {}; waiting for the operator's verdict…", args.name);
+    eprintln!("applied DefenderPartner {}; waiting for the operator's verdict…", args.name);
 
     let deadline = tokio::time::Instant::now() + args.timeout;
     loop {
         let partner = partners.get(&args.name).await?;
         if let Some(status) = partner.status.as_ref()
             && status.observed_generation == partner.metadata.generation
-            && status.credentials_hash.as_deref() == Some(expected_hash.as_str())
+            && (expected_hash.is_none() || status.credentials_hash == expected_hash)
             && let Some(state) = status.state
         {
             let reason = status.reason.clone().unwrap_or_default();
@@ -213,8 +257,8 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
 }
 
 /// The `DefenderPartner` that `attach` applies.
-fn partner_object(args: &AttachArgs, namespace: &str, secret_name: &str) -> serde_json::Value {
-    let mut spec = json!({"cloud": Cloud::from(args.cloud), "credentials": {"secretRef": {"name": secret_name}}, "suspend": false});
+fn partner_object(args: &AttachArgs, namespace: &str, credentials: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({"cloud": Cloud::from(args.cloud), "credentials": credentials, "suspend": false});
     if let Some(api) = &args.api {
         spec["api"] = json!(api_url(api));
     }
@@ -239,7 +283,7 @@ async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Re
         .spec
         .credentials
         .secret_ref
-        .name;
+        .map(|reference| reference.name);
     partners.delete(&args.name, &DeleteParams::default()).await.with_context(|| format!("deleting {}", args.name))?;
     // The operator's finalizer withdraws indicators first (deletionPolicy: Delete).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -251,6 +295,7 @@ async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Re
     }
     println!("Detached {namespace}/{}", args.name);
     // The client secret goes with the partner when `attach` wrote it and no other partner uses it.
+    let Some(secret_name) = secret_name else { return Ok(()) };
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let written_by_attach = secrets
         .get_opt(&secret_name)
@@ -261,7 +306,7 @@ async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Re
         .await?
         .items
         .iter()
-        .any(|p| p.spec.credentials.secret_ref.name == secret_name);
+        .any(|p| p.spec.credentials.secret_ref.as_ref().is_some_and(|r| r.name == secret_name));
     if written_by_attach && !still_used {
         secrets
             .delete(&secret_name, &DeleteParams::default())
@@ -330,11 +375,12 @@ mod tests {
             ("DoD", "DoD"),
         ];
         for (given, written) in cases {
-            let partner = partner_object(&attach_args(Some(given)), "ns", "defender-credentials");
+            let partner =
+                partner_object(&attach_args(Some(given)), "ns", json!({"secretRef": {"name": "defender-credentials"}}));
             assert_eq!(partner["spec"]["cloud"], written, "--cloud {given}");
             assert!(allowed.contains(&partner["spec"]["cloud"]), "--cloud {given}: {written} is not in {allowed:?}");
         }
-        assert_eq!(partner_object(&attach_args(None), "ns", "s")["spec"]["cloud"], "Commercial", "the default");
+        assert_eq!(partner_object(&attach_args(None), "ns", json!({}))["spec"]["cloud"], "Commercial", "the default");
         // Every accepted spelling is covered above, and every CRD value can be written.
         let spellings: Vec<String> = CloudArg::value_variants()
             .iter()

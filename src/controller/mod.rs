@@ -1,6 +1,7 @@
 //! The reconcilers: partners (attach, validate, detach) and findings (delivery status), and the
 //! per-partner sync engine that owns all Defender traffic.
 
+pub mod credentials;
 pub mod decide;
 mod finding;
 pub(crate) mod partner;
@@ -431,7 +432,9 @@ impl SecretIndex {
         let (namespace, name) = (partner.namespace().unwrap_or_default(), partner.name_any());
         let mut users = self.users.lock().unwrap();
         remove_user(&mut users, &namespace, &name);
-        users.entry((namespace, partner.spec.credentials.secret_ref.name.clone())).or_default().insert(name);
+        if let Some(secret) = &partner.spec.credentials.secret_ref {
+            users.entry((namespace, secret.name.clone())).or_default().insert(name);
+        }
     }
 
     pub fn forget(&self, partner: &DefenderPartner) {

@@ -6,16 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizing, finalizer};
 use kube::{Api, Resource, ResourceExt};
-use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::decide::partner::{self as decide, Decision, EngineStep, Next, Unusable};
+use super::decide::partner::{self as decide, Decision, EngineStep, Next, Unusable, Usable};
 use super::{Context, Error, object_key};
 use crate::api::partner::DefenderPartnerStatus;
 use crate::api::reason::{Outlook, Reason};
@@ -85,41 +82,46 @@ async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, E
     }
     let connection = connect(&partner, ctx).await?;
     let engine_running = ctx.engines.get(&partner.owner_marker()).is_some();
-    let hash = connection.as_ref().map(|c| c.credentials_hash.as_str());
-    let decision = match decide::from_credentials(&partner, hash, engine_running, Timestamp::now()) {
+    let usable = connection.as_ref().map(|c| &c.usable);
+    let decision = match decide::from_credentials(&partner, usable, engine_running, Timestamp::now()) {
         Ok(decision) => decision,
         Err(validate) => {
             let connection = connection.as_ref().expect("only usable credentials are validated");
+            if let Some(warning) = decide::expiring(&connection.usable, Timestamp::now()) {
+                publish(ctx, &partner, EventReason::CredentialsExpiring, warning).await;
+            }
             let answer = connection.client.validate().await;
-            decide::from_validation(&partner, &connection.credentials_hash, validate, answer, engine_running)
+            decide::from_validation(&partner, &connection.usable.credentials_hash, validate, answer, engine_running)
         }
     };
     act(&partner, decision, connection.ok(), ctx).await
 }
 
-/// A partner's usable credentials: its Defender client, their hash, and what identifies the
-/// engine that may use them (a change restarts it).
+/// A partner's usable credentials: its Defender client, what the decisions need of them, and
+/// what identifies the engine that may use them (a change restarts it).
 struct Connection {
     client: DefenderClient,
-    credentials_hash: String,
+    usable: Usable,
     engine_identity: String,
 }
 
-/// Reads the Secret and builds the partner's Defender client, or says why they cannot be used.
+/// Reads the credentials and builds the partner's Defender client, or says why they cannot be
+/// used.
 async fn connect(partner: &DefenderPartner, ctx: &Context) -> Result<Result<Connection, Unusable>, Error> {
-    let credentials = match read_credentials(partner, ctx).await? {
-        Ok(credentials) => credentials,
+    let (credentials, usable) = match super::credentials::read(partner, &ctx.client).await? {
+        Ok(read) => read,
         Err(unusable) => return Ok(Err(unusable)),
     };
-    let hash = credentials_hash(&credentials);
     Ok(match defender_client(partner, credentials, ctx) {
         Ok(client) => {
-            let engine_identity = format!("{hash}|{}|{:?}", client.api_base(), partner.spec.cloud);
-            Ok(Connection { client, credentials_hash: hash, engine_identity })
+            let engine_identity = format!("{}|{}|{:?}", usable.credentials_hash, client.api_base(), partner.spec.cloud);
+            Ok(Connection { client, usable, engine_identity })
         }
-        Err(error) => {
-            Err(Unusable { reason: error.reason(), message: error.to_string(), credentials_hash: Some(hash) })
-        }
+        Err(error) => Err(Unusable {
+            reason: error.reason(),
+            message: error.to_string(),
+            credentials_hash: Some(usable.credentials_hash),
+        }),
     })
 }
 
@@ -133,8 +135,8 @@ async fn act(
     let marker = partner.owner_marker();
     match decision.engine {
         EngineStep::Run => {
-            let connection = connection.expect("an engine runs only with usable credentials");
-            ensure_engine(partner, connection.client, connection.engine_identity, ctx);
+            let connection = connection.as_ref().expect("an engine runs only with usable credentials");
+            ensure_engine(partner, connection.client.clone(), connection.engine_identity.clone(), ctx);
         }
         // Its findings are reconciled once the partner's new state reaches the cache
         // (controller::run).
@@ -144,7 +146,8 @@ async fn act(
         EngineStep::Keep => {}
     }
     let report = ctx.engines.get(&marker).map(|engine| engine.report());
-    let status = decide::status(partner, &decision.status, report.as_ref(), Timestamp::now());
+    let usable = connection.as_ref().map(|c| &c.usable);
+    let status = decide::status(partner, &decision.status, report.as_ref(), usable, Timestamp::now());
     write_status(partner, status, ctx).await?;
     match decision.next {
         Next::AwaitChange => Ok(Action::await_change()),
@@ -177,8 +180,8 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
         write_status(&partner, deleting(withdrawing), ctx).await?;
     }
     let marker = partner.owner_marker();
-    let client = match read_credentials(&partner, ctx).await? {
-        Ok(credentials) => defender_client(&partner, credentials, ctx).map_err(|e| e.to_string()),
+    let client = match super::credentials::read(&partner, &ctx.client).await? {
+        Ok((credentials, _)) => defender_client(&partner, credentials, ctx).map_err(|e| e.to_string()),
         Err(unusable) => Err(unusable.message),
     };
     let client = match client {
@@ -239,86 +242,6 @@ fn deleting_for_long(partner: &DefenderPartner) -> bool {
         .is_some_and(|since| Timestamp::now().duration_since(since.0) > jiff::SignedDuration::from_mins(10))
 }
 
-async fn read_credentials(partner: &DefenderPartner, ctx: &Context) -> Result<Result<Credentials, Unusable>, Error> {
-    let namespace = partner.namespace().unwrap_or_default();
-    let reference = &partner.spec.credentials.secret_ref;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(secret) = secrets.get_opt(&reference.name).await? else {
-        return Ok(Err(Unusable {
-            reason: PartnerReason::SecretNotFound,
-            message: format!(
-                "Secret {namespace}/{} not found: create it with keys {}, {} and {}",
-                reference.name, reference.tenant_id_key, reference.client_id_key, reference.client_secret_key
-            ),
-            credentials_hash: None,
-        }));
-    };
-    Ok(credentials_from(&secret, partner))
-}
-
-/// Reads and checks the three values; every missing or unusable key is reported at once.
-fn credentials_from(secret: &Secret, partner: &DefenderPartner) -> Result<Credentials, Unusable> {
-    let reference = &partner.spec.credentials.secret_ref;
-    let data = secret.data.clone().unwrap_or_default();
-    let mut missing = Vec::new();
-    let mut not_text = Vec::new();
-    let mut read = |key: &str| -> Option<String> {
-        match data.get(key) {
-            None => {
-                missing.push(key.to_string());
-                None
-            }
-            Some(bytes) => match String::from_utf8(bytes.0.clone()) {
-                Ok(text) if text.trim().is_empty() => {
-                    missing.push(key.to_string());
-                    None
-                }
-                Ok(text) => Some(text.trim().to_string()),
-                Err(_) => {
-                    not_text.push(key.to_string());
-                    None
-                }
-            },
-        }
-    };
-    let tenant_id = read(&reference.tenant_id_key);
-    let client_id = read(&reference.client_id_key);
-    let client_secret = read(&reference.client_secret_key);
-    let name = &reference.name;
-    if !missing.is_empty() {
-        return Err(Unusable {
-            reason: PartnerReason::SecretKeyMissing,
-            message: format!(
-                "Secret {name} lacks (or has empty) keys: {}. Add them, or point spec.credentials.secretRef's *Key fields at the right keys",
-                missing.join(", ")
-            ),
-            credentials_hash: None,
-        });
-    }
-    if !not_text.is_empty() {
-        return Err(Unusable {
-            reason: PartnerReason::SecretKeyInvalid,
-            message: format!("Secret {name} keys {} are not UTF-8 text: store the plain values", not_text.join(", ")),
-            credentials_hash: None,
-        });
-    }
-    Ok(Credentials {
-        tenant_id: tenant_id.unwrap_or_default(),
-        client_id: client_id.unwrap_or_default(),
-        client_secret: SecretString::from(client_secret.unwrap_or_default()),
-    })
-}
-
-/// SHA-256 over the values used, so rotation is noticed without storing them.
-pub(crate) fn credentials_hash(credentials: &Credentials) -> String {
-    let mut hasher = Sha256::new();
-    for part in [&credentials.tenant_id, &credentials.client_id, credentials.client_secret.expose_secret()] {
-        hasher.update(part.as_bytes());
-        hasher.update([0]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn jittered(duration: Duration) -> Duration {
     duration.mul_f64(0.9 + rand::random::<f64>() * 0.2)
 }
@@ -365,81 +288,5 @@ async fn publish(ctx: &Context, partner: &DefenderPartner, reason: impl Reason, 
     };
     if let Err(error) = ctx.recorder.publish(&event, &partner.object_ref(&())).await {
         warn!(%error, "could not publish event");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::ByteString;
-
-    fn partner() -> DefenderPartner {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
-            "metadata": {"name": "p", "namespace": "ns"},
-            "spec": {"credentials": {"secretRef": {"name": "creds"}}}
-        }))
-        .unwrap()
-    }
-
-    fn secret(pairs: &[(&str, &[u8])]) -> Secret {
-        Secret {
-            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn all_missing_keys_are_reported_at_once() {
-        let problem = credentials_from(&secret(&[("clientId", b"abc")]), &partner()).err().unwrap();
-        assert_eq!(problem.reason, "SecretKeyMissing");
-        assert!(
-            problem.message.contains("tenantId") && problem.message.contains("clientSecret"),
-            "{}",
-            problem.message
-        );
-    }
-
-    #[test]
-    fn empty_values_count_as_missing_and_padding_is_trimmed() {
-        let problem = credentials_from(
-            &secret(&[("tenantId", b"  "), ("clientId", b"abc"), ("clientSecret", b"s3cr3t")]),
-            &partner(),
-        )
-        .err()
-        .unwrap();
-        assert!(problem.message.contains("tenantId") && !problem.message.contains("s3cr3t"));
-        let credentials = credentials_from(
-            &secret(&[("tenantId", b" t \n"), ("clientId", b"c"), ("clientSecret", b"s3cr3t\n")]),
-            &partner(),
-        )
-        .ok()
-        .unwrap();
-        assert_eq!((credentials.tenant_id.as_str(), credentials.client_secret.expose_secret()), ("t", "s3cr3t"));
-    }
-
-    #[test]
-    fn non_utf8_values_are_refused_without_echoing_them() {
-        let problem = credentials_from(
-            &secret(&[("tenantId", b"t"), ("clientId", b"c"), ("clientSecret", &[0xff, 0xfe])]),
-            &partner(),
-        )
-        .err()
-        .unwrap();
-        assert_eq!(problem.reason, "SecretKeyInvalid");
-        assert!(problem.message.contains("clientSecret"));
-    }
-
-    #[test]
-    fn hash_changes_with_any_value_and_hides_them() {
-        let make = |secret: &str| Credentials {
-            tenant_id: "t".into(),
-            client_id: "c".into(),
-            client_secret: SecretString::from(secret.to_string()),
-        };
-        let a = credentials_hash(&make("one"));
-        assert_ne!(a, credentials_hash(&make("two")));
-        assert_eq!(a.len(), 64);
-        assert!(!a.contains("one"));
     }
 }

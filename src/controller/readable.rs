@@ -156,7 +156,7 @@ mod tests {
         let object: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
             "metadata": {"name": "p", "namespace": "team"},
-            "spec": {"credentials": {"type": "WorkloadIdentity", "serviceAccountRef": {"name": "sa"}},
+            "spec": {"credentials": {"type": "ManagedIdentity", "managedIdentity": {"clientId": "c"}},
                      "findingSelector": {"matchLabels": {"team": "red"}}, "deletionPolicy": "Delete",
                      "suspend": "not a bool"},
             "status": {"state": "Attached", "reason": "Attached"}

@@ -570,7 +570,11 @@ mod tests {
     use super::*;
 
     fn creds(tenant: &str) -> Credentials {
-        Credentials { tenant_id: tenant.into(), client_id: "c".into(), client_secret: "s".to_string().into() }
+        Credentials {
+            tenant_id: tenant.into(),
+            client_id: "c".into(),
+            proof: super::super::assertion::Proof::Secret("s".to_string().into()),
+        }
     }
 
     fn client(

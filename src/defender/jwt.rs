@@ -17,6 +17,10 @@ pub struct Claims {
     pub expires: Option<i64>,
     /// Every `aud` value (`aud` may be a string or an array).
     pub audiences: Vec<String>,
+    /// `iss`
+    pub issuer: Option<String>,
+    /// `sub`
+    pub subject: Option<String>,
 }
 
 impl Claims {
@@ -66,6 +70,8 @@ pub fn decode(token: &str) -> Result<Claims, super::DefenderError> {
         roles,
         expires,
         audiences,
+        issuer: string("iss"),
+        subject: string("sub"),
     })
 }
 

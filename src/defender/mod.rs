@@ -11,6 +11,7 @@
 //! [`indicators`] holds the wire types; [`error`] the errors and the parsing of error answers.
 
 pub mod allowlist;
+pub mod assertion;
 pub mod client;
 pub mod cloud;
 pub mod error;

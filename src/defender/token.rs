@@ -12,27 +12,18 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::DefenderError;
+use super::assertion::{ASSERTION_TYPE, Proof};
 use super::error::describe_reqwest;
 use super::jwt::Claims;
 use crate::api::PartnerReason;
 
-/// An Entra app's credentials. `Debug` never shows the secret.
-#[derive(Clone)]
+/// An Entra app's credentials. `Debug` never shows a secret or a key.
+#[derive(Clone, Debug)]
 pub struct Credentials {
     /// GUID or verified domain.
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: SecretString,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("tenant_id", &self.tenant_id)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
-            .finish()
-    }
+    pub proof: Proof,
 }
 
 /// A bearer token and what it says about itself. `Debug` never shows the token.
@@ -159,6 +150,12 @@ pub fn reason_for_aadsts(code: u32) -> Option<(PartnerReason, bool)> {
         53003 | 530032 => (PartnerReason::Blocked, false),
         90055 => (PartnerReason::Throttled, true),
         90024 | 90006 | 90090 | 50000 => (PartnerReason::EntraUnavailable, true),
+        // Client assertions (certificates, workload identity).
+        700027 | 700024 | 50027 | 50048 | 700021 | 700222 | 90061 => (PartnerReason::AssertionRejected, false),
+        1000502 => (PartnerReason::CertificateExpired, false),
+        700211 | 700212 | 700213 | 7002138 => (PartnerReason::FederatedCredentialMismatch, false),
+        // Right after a federated credential is created Entra may not know it yet: asked again soon.
+        70021 => (PartnerReason::FederatedCredentialMismatch, true),
         _ => return None,
     })
 }
@@ -203,6 +200,11 @@ fn hint(reason: PartnerReason) -> &'static str {
         PartnerReason::Blocked => "a Conditional Access policy blocks this app",
         PartnerReason::EntraUnavailable => "Entra is temporarily unavailable",
         PartnerReason::Throttled => "Entra throttled the token request",
+        PartnerReason::AssertionRejected => "Entra rejected the client assertion",
+        PartnerReason::CertificateExpired => "Entra says the certificate is outside its validity window",
+        PartnerReason::FederatedCredentialMismatch => {
+            "no federated credential of the app matches the service-account token's issuer, subject and audience"
+        }
         _ => "Entra refused the token request",
     }
 }
@@ -258,7 +260,9 @@ pub fn classify_token_error(status: u16, body: &[u8], retry_after: Option<Durati
 // ---------------------------------------------------------------------------------------------
 // Fetch
 
-/// Requests a token: `POST {token_url}` with client_id, client_secret, scope, grant_type.
+/// Requests a token: `POST {token_url}` with client_id, scope, grant_type and the proof — the
+/// client secret, or a client assertion (signed here with the certificate, or obtained from the
+/// assertion source).
 pub async fn request_token(
     http: &reqwest::Client,
     token_url: &url::Url,
@@ -266,13 +270,25 @@ pub async fn request_token(
     scope: &str,
     timeout: Duration,
 ) -> Result<IssuedToken, DefenderError> {
-    let secret = credentials.client_secret.expose_secret();
-    let form = [
-        ("client_id", credentials.client_id.as_str()),
-        ("client_secret", secret),
-        ("scope", scope),
-        ("grant_type", "client_credentials"),
-    ];
+    let assertion = match &credentials.proof {
+        Proof::Secret(_) => None,
+        Proof::Certificate(key) => {
+            Some(key.assertion(&credentials.client_id, token_url.as_str(), jiff::Timestamp::now())?)
+        }
+        Proof::Federated(source) => Some(source.assertion().await?),
+    };
+    // What must never be echoed: the secret or the assertion.
+    let secret = match (&credentials.proof, &assertion) {
+        (Proof::Secret(secret), _) => secret.expose_secret(),
+        (_, Some(assertion)) => assertion.expose_secret(),
+        (_, None) => "",
+    };
+    let mut form =
+        vec![("client_id", credentials.client_id.as_str()), ("scope", scope), ("grant_type", "client_credentials")];
+    match &assertion {
+        None => form.push(("client_secret", secret)),
+        Some(_) => form.extend([("client_assertion_type", ASSERTION_TYPE), ("client_assertion", secret)]),
+    }
     let host = token_url.host_str().unwrap_or("").to_string();
     let unreachable = |what: String| DefenderError::Token {
         reason: PartnerReason::EntraUnavailable,
@@ -297,11 +313,48 @@ pub async fn request_token(
             lifetime_s = issued.lifetime.as_secs(), "token issued");
         Ok(issued)
     } else {
-        let err = classify_token_error(status, &body, retry_after, secret);
+        let mut err = classify_token_error(status, &body, retry_after, secret);
+        if assertion.is_some() {
+            err = as_assertion_error(err);
+        }
+        if let (
+            DefenderError::Token { reason: PartnerReason::FederatedCredentialMismatch, message, .. },
+            Some(assertion),
+        ) = (&mut err, &assertion)
+        {
+            *message += &federated_credential_needed(assertion.expose_secret());
+        }
         tracing::debug!(tenant = %credentials.tenant_id, client_id = %credentials.client_id, status,
             reason = %err.reason(), "token request refused");
         Err(err)
     }
+}
+
+/// Reasons that, with a client assertion, mean the assertion was refused: `invalid_client`
+/// without a known code (which a secret flow reads as a wrong secret), and AADSTS700023 (an
+/// assertion's audience; a misconfigured scope otherwise).
+fn as_assertion_error(error: DefenderError) -> DefenderError {
+    match error {
+        DefenderError::Token { reason: PartnerReason::InvalidSecret, aadsts, message, transient }
+        | DefenderError::Token {
+            reason: PartnerReason::ConfigError,
+            aadsts: aadsts @ Some(700023),
+            message,
+            transient,
+        } => DefenderError::Token { reason: PartnerReason::AssertionRejected, aadsts, message, transient },
+        other => other,
+    }
+}
+
+/// What the app's federated credential must say to match the token it was shown.
+fn federated_credential_needed(assertion: &str) -> String {
+    let Ok(claims) = super::jwt::decode(assertion) else { return String::new() };
+    format!(
+        "; the app needs a federated credential with issuer '{}', subject '{}' and audience '{}'",
+        claims.issuer.unwrap_or_default(),
+        claims.subject.unwrap_or_default(),
+        claims.audience.unwrap_or_default()
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,7 +595,7 @@ mod tests {
         let e = classify_token_error(401, body.as_bytes(), None, secret);
         assert!(!e.to_string().contains(secret), "{e}");
         assert!(!format!("{e:?}").contains(secret));
-        let creds = Credentials { tenant_id: "t".into(), client_id: "c".into(), client_secret: secret.into() };
+        let creds = Credentials { tenant_id: "t".into(), client_id: "c".into(), proof: Proof::Secret(secret.into()) };
         assert!(!format!("{creds:?}").contains(secret));
     }
 

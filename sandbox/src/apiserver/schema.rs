@@ -390,8 +390,14 @@ fn check_cel_rules(v: &Value, schema: &Value, path: &str, old: Option<&Value>, c
         let result = cel::compile(src).and_then(|p| p.eval(v, old));
         match result {
             Ok(Value::Bool(true)) => {}
+            // As kube-apiserver words each reason (field.Required, field.Forbidden, …).
             Ok(Value::Bool(false)) => {
-                causes.push(Cause { reason, message: format!("Invalid value: \"{}\": {msg}", type_name(v)), field })
+                let message = match reason {
+                    "FieldValueRequired" => format!("Required value: {msg}"),
+                    "FieldValueForbidden" => format!("Forbidden: {msg}"),
+                    _ => format!("Invalid value: \"{}\": {msg}", type_name(v)),
+                };
+                causes.push(Cause { reason, message, field })
             }
             Ok(other) => causes.push(invalid(&field, v, format!("rule did not evaluate to a bool: {other}"))),
             Err(e) => causes.push(Cause {

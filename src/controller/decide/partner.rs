@@ -24,6 +24,33 @@ pub struct Unusable {
     pub credentials_hash: Option<String>,
 }
 
+/// Usable credentials, as far as the decisions need them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Usable {
+    /// SHA-256 of the values used: a change means re-validating.
+    pub credentials_hash: String,
+    /// A certificate's validity window.
+    pub valid_from: Option<Timestamp>,
+    pub valid_until: Option<Timestamp>,
+}
+
+/// How soon a partner is asked again when what it misses is not watched (a ServiceAccount, RBAC).
+pub const UNWATCHED_RETRY: Duration = Duration::from_secs(60);
+
+/// How long before a certificate expires each validation warns about it.
+pub const EXPIRING_WITHIN: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
+
+/// The warning to publish when the credentials expire within [`EXPIRING_WITHIN`].
+pub fn expiring(usable: &Usable, now: Timestamp) -> Option<String> {
+    let until = usable.valid_until?;
+    (until > now && until.duration_since(now) <= EXPIRING_WITHIN).then(|| {
+        let days = until.duration_since(now).as_hours() / 24;
+        format!(
+            "the certificate expires at {until} (in {days} days): upload a new one to the app and update the Secret"
+        )
+    })
+}
+
 /// What happens to the partner's sync engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineStep {
@@ -134,23 +161,47 @@ pub fn from_spec(partner: &DefenderPartner, unreadable: Option<&str>) -> Option<
     (!problems.is_empty()).then(|| Decision::detach(Detach::new(PartnerReason::InvalidSpec, problems.join("; "))))
 }
 
-/// Decided once the credentials were read: detach when they cannot be used; keep the last
-/// validation while it holds for these credentials and this generation (and the engine runs, and
-/// no re-validation was asked for); else validate.
+/// Decided once the credentials were read: detach when they cannot be used (a certificate
+/// outside its validity window included, without asking Entra); keep the last validation while it
+/// holds for these credentials and this generation (and the engine runs, and no re-validation was
+/// asked for); else validate.
 pub fn from_credentials(
     partner: &DefenderPartner,
-    credentials: Result<&str, &Unusable>,
+    credentials: Result<&Usable, &Unusable>,
     engine_running: bool,
     now: Timestamp,
 ) -> Result<Decision, Validate> {
-    let hash = match credentials {
-        Ok(hash) => hash,
+    let usable = match credentials {
+        Ok(usable) => usable,
         Err(unusable) => {
             let mut detach = Detach::new(unusable.reason, unusable.message.clone());
             detach.credentials_hash = unusable.credentials_hash.clone();
-            return Ok(Decision::detach(detach));
+            let mut decision = Decision::detach(detach);
+            // A ServiceAccount or the operator's RBAC is fixed where no watch of the operator
+            // sees it: asked again soon.
+            if matches!(unusable.reason, PartnerReason::ServiceAccountNotFound | PartnerReason::TokenRequestDenied) {
+                decision.next = Next::Requeue(UNWATCHED_RETRY);
+            }
+            return Ok(decision);
         }
     };
+    let hash = usable.credentials_hash.as_str();
+    let outside = match (usable.valid_from, usable.valid_until) {
+        (_, Some(until)) if until <= now => Some((
+            PartnerReason::CertificateExpired,
+            format!("the certificate expired at {until}: upload a new one to the app and update the Secret"),
+        )),
+        (Some(from), _) if from > now => Some((
+            PartnerReason::CertificateInvalid,
+            format!("the certificate is not valid before {from}: use a certificate that is valid now"),
+        )),
+        _ => None,
+    };
+    if let Some((reason, message)) = outside {
+        let mut detach = Detach::new(reason, message);
+        detach.credentials_hash = Some(hash.to_string());
+        return Ok(Decision::detach(detach));
+    }
     let interval = revalidate_interval(partner);
     let previous = partner.status.clone().unwrap_or_default();
     let requested = partner.metadata.annotations.as_ref().and_then(|a| a.get(REVALIDATE_ANNOTATION)).cloned();
@@ -261,8 +312,24 @@ fn still_valid(
     interval.checked_sub(age)
 }
 
-/// The status an update gives, with the engine's `report` (when it runs) at `now`.
+/// The status an update gives, with the engine's `report` (when it runs) and the credentials
+/// read (when they could be) at `now`.
 pub fn status(
+    partner: &DefenderPartner,
+    update: &StatusUpdate,
+    report: Option<&SyncReport>,
+    usable: Option<&Usable>,
+    now: Timestamp,
+) -> DefenderPartnerStatus {
+    let mut status = status_of(partner, update, report, now);
+    status.credentials_type = Some(partner.spec.credentials.type_);
+    if let Some(usable) = usable {
+        status.credentials_expiry = usable.valid_until.map(Time);
+    }
+    status
+}
+
+fn status_of(
     partner: &DefenderPartner,
     update: &StatusUpdate,
     report: Option<&SyncReport>,
@@ -373,6 +440,8 @@ pub fn detached(partner: &DefenderPartner, detach: &Detach, now: Timestamp) -> D
         conditions: conditions::merge(&previous.conditions, &verdicts, partner.metadata.generation, &Time(now)),
         tenant_id: previous.tenant_id,
         client_id: previous.client_id,
+        credentials_type: previous.credentials_type,
+        credentials_expiry: previous.credentials_expiry,
         credentials_hash: previous.credentials_hash,
         last_validated_time: previous.last_validated_time,
         last_handled_revalidate: previous.last_handled_revalidate,
@@ -484,6 +553,10 @@ mod tests {
         Timestamp::from_second(NOW).unwrap()
     }
 
+    fn usable(hash: &str) -> Usable {
+        Usable { credentials_hash: hash.into(), valid_from: None, valid_until: None }
+    }
+
     fn validation() -> Validation {
         Validation {
             tenant_id: "t".into(),
@@ -526,7 +599,7 @@ mod tests {
         };
         let decision = from_credentials(&partner(None, serde_json::json!({})), Err(&unusable), true, now()).unwrap();
         assert_eq!(decision.engine, EngineStep::Stop);
-        let status = status(&partner(None, serde_json::json!({})), &decision.status, None, now());
+        let status = status(&partner(None, serde_json::json!({})), &decision.status, None, None, now());
         assert_eq!(
             (status.reason.as_deref(), status.credentials_hash.as_deref()),
             (Some("ApiHostNotAllowed"), Some("h"))
@@ -534,23 +607,61 @@ mod tests {
     }
 
     #[test]
+    fn what_no_watch_sees_is_asked_again_soon_and_the_rest_awaits_a_change() {
+        let partner = partner(None, serde_json::json!({}));
+        let refused = |reason| Unusable { reason, message: "m".into(), credentials_hash: None };
+        for reason in [PartnerReason::ServiceAccountNotFound, PartnerReason::TokenRequestDenied] {
+            let decision = from_credentials(&partner, Err(&refused(reason)), true, now()).unwrap();
+            assert!(matches!(decision.next, Next::Requeue(after) if after == UNWATCHED_RETRY), "{reason}");
+        }
+        let decision = from_credentials(&partner, Err(&refused(PartnerReason::SecretNotFound)), true, now()).unwrap();
+        assert!(matches!(decision.next, Next::AwaitChange), "the Secret is watched");
+    }
+
+    #[test]
     fn a_validation_that_still_holds_is_kept_until_it_is_due_or_asked_for() {
         let fresh = partner(Some(validated_at(600, "h", 2)), serde_json::json!({}));
-        let decision = from_credentials(&fresh, Ok("h"), true, now()).unwrap();
+        let decision = from_credentials(&fresh, Ok(&usable("h")), true, now()).unwrap();
         assert_eq!(decision.engine, EngineStep::Run);
         assert!(matches!(decision.next, Next::Requeue(left) if left == Duration::from_secs(3000)));
         // Due, other credentials, a new generation, no engine, or asked for: validate.
         let due = partner(Some(validated_at(3601, "h", 2)), serde_json::json!({}));
-        assert!(from_credentials(&due, Ok("h"), true, now()).is_err());
-        assert!(from_credentials(&fresh, Ok("other"), true, now()).is_err());
+        assert!(from_credentials(&due, Ok(&usable("h")), true, now()).is_err());
+        assert!(from_credentials(&fresh, Ok(&usable("other")), true, now()).is_err());
         assert!(
-            from_credentials(&partner(Some(validated_at(600, "h", 1)), serde_json::json!({})), Ok("h"), true, now())
-                .is_err()
+            from_credentials(
+                &partner(Some(validated_at(600, "h", 1)), serde_json::json!({})),
+                Ok(&usable("h")),
+                true,
+                now()
+            )
+            .is_err()
         );
-        assert!(from_credentials(&fresh, Ok("h"), false, now()).is_err());
+        assert!(from_credentials(&fresh, Ok(&usable("h")), false, now()).is_err());
         let asked = partner(Some(validated_at(600, "h", 2)), serde_json::json!({REVALIDATE_ANNOTATION: "1"}));
-        let validate = from_credentials(&asked, Ok("h"), true, now()).unwrap_err();
+        let validate = from_credentials(&asked, Ok(&usable("h")), true, now()).unwrap_err();
         assert_eq!(validate, Validate { interval: Duration::from_secs(3600), requested: Some("1".into()) });
+    }
+
+    #[test]
+    fn a_certificate_outside_its_validity_detaches_without_asking_entra() {
+        let partner = partner(None, serde_json::json!({}));
+        let at = |days: i64| now().checked_add(jiff::SignedDuration::from_hours(24 * days)).unwrap();
+        let certificate =
+            |from: i64, until: i64| Usable { valid_from: Some(at(from)), valid_until: Some(at(until)), ..usable("h") };
+        let expired = from_credentials(&partner, Ok(&certificate(-400, -1)), true, now()).unwrap();
+        assert!(matches!(&expired.status, StatusUpdate::Detached(d) if d.reason == PartnerReason::CertificateExpired));
+        assert_eq!(expired.engine, EngineStep::Stop);
+        let early = from_credentials(&partner, Ok(&certificate(1, 400)), true, now()).unwrap();
+        assert!(matches!(&early.status, StatusUpdate::Detached(d) if d.reason == PartnerReason::CertificateInvalid));
+        assert!(from_credentials(&partner, Ok(&certificate(-1, 400)), true, now()).is_err(), "valid: validated");
+        // The expiry is in status, and a warning is due within 30 days of it.
+        let status = status(&partner, &expired.status, None, Some(&certificate(-400, -1)), now());
+        assert_eq!(status.credentials_expiry, Some(Time(at(-1))));
+        assert_eq!(status.credentials_type, Some(crate::api::CredentialsType::ClientSecret));
+        assert!(expiring(&certificate(-1, 29), now()).unwrap().contains("in 29 days"));
+        assert_eq!(expiring(&certificate(-1, 31), now()), None);
+        assert_eq!(expiring(&certificate(-400, -1), now()), None, "expired is not expiring");
     }
 
     #[test]
@@ -559,7 +670,7 @@ mod tests {
         let validate = Validate { interval: Duration::from_secs(3600), requested: Some("7".into()) };
         let decision = from_validation(&partner, "h", validate, Ok(validation()), false);
         assert_eq!(decision.engine, EngineStep::Run);
-        let status = status(&partner, &decision.status, None, now());
+        let status = status(&partner, &decision.status, None, None, now());
         assert_eq!(status.state, Some(PartnerState::Attached));
         assert_eq!(
             (
@@ -598,7 +709,7 @@ mod tests {
         let decision = from_validation(&partner, "h", validate, Err(refusal), true);
         assert_eq!(decision.engine, EngineStep::Stop);
         assert!(matches!(decision.next, Next::Requeue(interval) if interval == Duration::from_secs(3600)));
-        let status = status(&partner, &decision.status, None, now());
+        let status = status(&partner, &decision.status, None, None, now());
         assert_eq!(status.reason.as_deref(), Some("MissingPermission"));
         assert_eq!(status.missing_permissions, ["Ti.ReadWrite.All"]);
         assert_eq!(status.last_validated_time, Some(Time(now())));

@@ -1,6 +1,5 @@
 use super::*;
 use crate::api::finding::{Endpoint, IndicatorSpec, PartnerRef, TestRef};
-use crate::api::partner::{Credentials, SecretRef};
 use crate::api::{DefenderPartnerSpec, IndicatorType, ProbeFindingSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
@@ -12,14 +11,7 @@ fn partner(name: &str) -> DefenderPartner {
         DefenderPartnerSpec {
             api: None,
             cloud: Default::default(),
-            credentials: Credentials {
-                secret_ref: SecretRef {
-                    name: "s".into(),
-                    tenant_id_key: "tenantId".into(),
-                    client_id_key: "clientId".into(),
-                    client_secret_key: "clientSecret".into(),
-                },
-            },
+            credentials: serde_json::from_value(serde_json::json!({"secretRef": {"name": "s"}})).unwrap(),
             suspend: false,
             finding_selector: None,
             indicator: Default::default(),
