@@ -104,3 +104,106 @@ async fn attach_list_suspend_and_detach_a_partner() {
     assert_eq!(other.status.unwrap().state, Some(PartnerState::Detached));
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+/// The two forms without a client secret: a certificate (written to a `kubernetes.io/tls` Secret)
+/// and a ServiceAccount (no Secret; the client id from its annotation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_a_certificate_or_a_service_account() {
+    use defender_sandbox::emulator::credentials::{TestCertificate, Validity};
+    let world = world().await;
+    let dir = std::env::temp_dir().join(format!("defender-operator-cli-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, world.kubeconfig()).unwrap();
+    let cli = Cli { kubeconfig };
+    let api = world.defender_api();
+
+    let certificate = TestCertificate::rsa("cli", Validity::Valid);
+    world.defender.add_certificate(sv::TENANT_ID, sv::GOOD_APP_ID, certificate.app_certificate()).unwrap();
+    let (crt, key) = (dir.join("app.crt"), dir.join("app.key"));
+    std::fs::write(&crt, &certificate.certificate_pem).unwrap();
+    std::fs::write(&key, &certificate.private_key_pem).unwrap();
+    let (crt, key) = (crt.to_str().unwrap(), key.to_str().unwrap());
+    let (ok, out, err) = cli
+        .run(
+            &[
+                "partner",
+                "attach",
+                "defender",
+                "--name",
+                "cert",
+                "--user",
+                sv::TENANT_ID,
+                "--client-id",
+                sv::GOOD_APP_ID,
+                "--certificate",
+                crt,
+                "--private-key",
+                key,
+                "--api",
+                &api,
+            ],
+            &[],
+        )
+        .await;
+    assert!(ok && out.contains("Attached"), "attach --certificate failed: {out}{err}");
+    let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), "default");
+    assert_eq!(secrets.get("cert-credentials").await.unwrap().type_.as_deref(), Some("kubernetes.io/tls"));
+    // A key that is not the certificate's is refused before anything is written.
+    let other = TestCertificate::rsa("other", Validity::Valid);
+    let stray = dir.join("other.key");
+    std::fs::write(&stray, &other.private_key_pem).unwrap();
+    let (ok, _, err) = cli
+        .run(
+            &[
+                "partner",
+                "attach",
+                "defender",
+                "--name",
+                "stray",
+                "--user",
+                sv::TENANT_ID,
+                "--client-id",
+                sv::GOOD_APP_ID,
+                "--certificate",
+                crt,
+                "--private-key",
+                stray.to_str().unwrap(),
+                "--api",
+                &api,
+            ],
+            &[],
+        )
+        .await;
+    assert!(!ok && err.contains("does not belong"), "{err}");
+    assert!(secrets.get_opt("stray-credentials").await.unwrap().is_none());
+
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(world.admin.clone(), "default");
+    let account = serde_json::json!({"metadata": {"name": "defender",
+        "annotations": {"azure.workload.identity/client-id": sv::GOOD_APP_ID}}});
+    accounts.create(&Default::default(), &serde_json::from_value(account).unwrap()).await.unwrap();
+    world.defender.federate_with(sv::TENANT_ID, sv::GOOD_APP_ID, &world.kube, "default", "defender").unwrap();
+    let (ok, out, err) = cli
+        .run(
+            &[
+                "partner",
+                "attach",
+                "defender",
+                "--name",
+                "federated",
+                "--user",
+                sv::TENANT_ID,
+                "--service-account",
+                "defender",
+                "--api",
+                &api,
+            ],
+            &[],
+        )
+        .await;
+    assert!(ok && out.contains("Attached"), "attach --service-account failed: {out}{err}");
+    assert!(secrets.get_opt("federated-credentials").await.unwrap().is_none(), "no Secret for workload identity");
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    assert_eq!(partners.get("federated").await.unwrap().spec.credentials.client_id.as_deref(), Some(sv::GOOD_APP_ID));
+    let _ = std::fs::remove_dir_all(&dir);
+}

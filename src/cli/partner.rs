@@ -183,15 +183,16 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
     let secret_name = format!("{}-credentials", args.name);
     // What the partner's credentials look like, and the hash the operator will report for them.
     let (credentials, secret, expected_hash) = if let Some(account) = &args.service_account {
-        let mut credentials =
-            json!({"type": "WorkloadIdentity", "tenantId": tenant_id, "serviceAccountRef": {"name": account}});
+        let client_id = match &args.client_id {
+            Some(client_id) => client_id.trim().to_string(),
+            None => annotated_client_id(&client, namespace, account).await?,
+        };
         let reference: crate::api::partner::ServiceAccountRef =
             serde_json::from_value(json!({"name": account})).context("--service-account")?;
-        let hash = args.client_id.as_deref().map(|client_id| {
-            credentials["clientId"] = json!(client_id.trim());
-            credentials::federated_hash(&tenant_id, client_id.trim(), namespace, &reference)
-        });
-        (credentials, None, hash)
+        let hash = credentials::federated_hash(&tenant_id, &client_id, namespace, &reference);
+        let credentials = json!({"type": "WorkloadIdentity", "tenantId": tenant_id, "clientId": client_id,
+            "serviceAccountRef": {"name": account}});
+        (credentials, None, Some(hash))
     } else if let (Some(certificate), Some(key), Some(client_id)) =
         (&args.certificate, &args.private_key, &args.client_id)
     {
@@ -199,11 +200,12 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
         };
         let (certificate, key) = (read(certificate)?, read(key)?);
+        let client_id = client_id.trim();
         // Refused here, before anything is written: the operator would say the same.
         CertificateKey::from_pem(certificate.as_bytes(), key.as_bytes()).context("--certificate/--private-key")?;
         let secret = json!({"type": "kubernetes.io/tls", "stringData": {"tls.crt": certificate, "tls.key": key}});
-        let hash = credentials::certificate_hash(&tenant_id, client_id.trim(), &certificate, &key);
-        let credentials = json!({"type": "Certificate", "tenantId": tenant_id, "clientId": client_id.trim(), "secretRef": {"name": secret_name}});
+        let hash = credentials::certificate_hash(&tenant_id, client_id, &certificate, &key);
+        let credentials = json!({"type": "Certificate", "tenantId": tenant_id, "clientId": client_id, "secretRef": {"name": secret_name}});
         (credentials, Some(secret), Some(hash))
     } else {
         let (client_id, client_secret) = split_secret(args.secret.as_deref().unwrap_or_default())?;
@@ -236,7 +238,7 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
         let partner = partners.get(&args.name).await?;
         if let Some(status) = partner.status.as_ref()
             && status.observed_generation == partner.metadata.generation
-            && (expected_hash.is_none() || status.credentials_hash == expected_hash)
+            && status.credentials_hash == expected_hash
             && let Some(state) = status.state
         {
             let reason = status.reason.clone().unwrap_or_default();
@@ -254,6 +256,26 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The app's client id from the ServiceAccount's azure-workload-identity annotation, read with the
+/// user's rights (the operator's own RBAC does not read ServiceAccounts), and written into the
+/// partner's spec.
+async fn annotated_client_id(client: &Client, namespace: &str, account: &str) -> anyhow::Result<String> {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let found = accounts
+        .get_opt(account)
+        .await
+        .with_context(|| format!("reading ServiceAccount {namespace}/{account}"))?
+        .with_context(|| format!("ServiceAccount {namespace}/{account} not found: create it first"))?;
+    found
+        .annotations()
+        .get("azure.workload.identity/client-id")
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+        .with_context(|| {
+            format!("give --client-id, or annotate ServiceAccount {namespace}/{account} with azure.workload.identity/client-id")
+        })
 }
 
 /// The `DefenderPartner` that `attach` applies.

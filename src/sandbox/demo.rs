@@ -13,10 +13,12 @@ use crate::api::conditions::{READY, find};
 use crate::api::{DefenderPartner, PartnerState, ProbeFinding};
 
 /// The examples a newcomer reads in `deploy/examples/`, applied as they are.
-const EXAMPLES: [(&str, &str); 3] = [
+const EXAMPLES: [(&str, &str); 5] = [
     ("partner.yaml", include_str!("../../deploy/examples/partner.yaml")),
     ("findings.yaml", include_str!("../../deploy/examples/findings.yaml")),
     ("bad-credentials.yaml", include_str!("../../deploy/examples/bad-credentials.yaml")),
+    ("partner-certificate.yaml", include_str!("../../deploy/examples/partner-certificate.yaml")),
+    ("partner-workload-identity.yaml", include_str!("../../deploy/examples/partner-workload-identity.yaml")),
 ];
 
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +53,7 @@ pub async fn run(args: SandboxArgs, shutdown: impl Future<Output = ()>) -> anyho
         args.kubeconfig.display()
     );
     let _operator = sandbox.start_operator();
+    without_a_secret(&sandbox).await?;
 
     for (file, yaml) in EXAMPLES {
         // Partners without `spec.api` would go to Microsoft; in the sandbox they use the emulator.
@@ -81,6 +84,24 @@ pub async fn run(args: SandboxArgs, shutdown: impl Future<Output = ()>) -> anyho
     }
 }
 
+/// What the examples of the partners without a client secret need from outside the cluster: the
+/// certificate uploaded to the app (and its Secret, as cert-manager would write it), and the
+/// federated credential trusting the ServiceAccount.
+async fn without_a_secret(sandbox: &Sandbox) -> anyhow::Result<()> {
+    use defender_sandbox::emulator::credentials::{TestCertificate, Validity};
+    use defender_sandbox::emulator::sandbox_values::{GOOD_APP_ID, TENANT_ID};
+    let certificate = TestCertificate::rsa("defender-operator-demo", Validity::Valid);
+    sandbox.defender.add_certificate(TENANT_ID, GOOD_APP_ID, certificate.app_certificate())?;
+    sandbox.defender.federate_with(TENANT_ID, GOOD_APP_ID, &sandbox.kube, "workload-identity", "defender")?;
+    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "defender-certificate", "namespace": "certificates"},
+        "stringData": {"tls.crt": certificate.certificate_pem, "tls.key": certificate.private_key_pem}});
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: certificates\n";
+    sandbox.apply_yaml(namespace).await?;
+    sandbox.apply_yaml(&serde_yaml_ng::to_string(&secret)?).await.context("writing the certificate's Secret")?;
+    Ok(())
+}
+
 /// The partners' and findings' tables, and what has not converged yet.
 async fn snapshot(sandbox: &Sandbox) -> anyhow::Result<(String, Vec<String>)> {
     let partners = Api::<DefenderPartner>::all(sandbox.admin.clone()).list(&ListParams::default()).await?;
@@ -89,8 +110,8 @@ async fn snapshot(sandbox: &Sandbox) -> anyhow::Result<(String, Vec<String>)> {
     let mut attached_namespaces: BTreeMap<String, bool> = BTreeMap::new();
 
     let mut text = format!(
-        "{:<24} {:<20} {:<10} {:<38} {:<11} {}\n",
-        "NAMESPACE", "PARTNER", "STATE", "TENANT", "INDICATORS", "REASON"
+        "{:<24} {:<20} {:<10} {:<17} {:<38} {:<11} {}\n",
+        "NAMESPACE", "PARTNER", "STATE", "CREDENTIALS", "TENANT", "INDICATORS", "REASON"
     );
     for partner in &partners {
         let status = partner.status.clone().unwrap_or_default();
@@ -102,10 +123,11 @@ async fn snapshot(sandbox: &Sandbox) -> anyhow::Result<(String, Vec<String>)> {
             pending.push(format!("partner {namespace}/{name} has no verdict"));
         }
         text += &format!(
-            "{:<24} {:<20} {:<10} {:<38} {:<11} {}\n",
+            "{:<24} {:<20} {:<10} {:<17} {:<38} {:<11} {}\n",
             namespace,
             name,
             status.state.map(|s| format!("{s:?}")).unwrap_or_default(),
+            status.credentials_type.map(|t| t.as_str()).unwrap_or_default(),
             status.tenant_id.unwrap_or_default(),
             status.indicators.map(|i| i.submitted.to_string()).unwrap_or_default(),
             status.reason.unwrap_or_default(),
