@@ -296,3 +296,26 @@ async fn switching_a_live_partner_between_secret_and_workload_identity_resends_n
     assert_eq!(imports(), before, "no indicator re-sent");
     assert_eq!(world.indicator_values(sv::TENANT_ID), [sha256(3)]);
 }
+
+/// A certificate that expires within 30 days still attaches, and each validation warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_soon_is_warned_about() {
+    use k8s_openapi::api::events::v1::Event;
+    let world = world().await;
+    let soon = TestCertificate::rsa("soon", Validity::ExpiringSoon);
+    world.defender.add_certificate(sv::TENANT_ID, sv::GOOD_APP_ID, soon.app_certificate()).unwrap();
+    tls_secret(&world, "soon", &soon.certificate_pem, &soon.private_key_pem).await;
+    certificate_partner(&world, "soon", "soon").await;
+    world.attached(NS, "soon").await;
+    let events: Api<Event> = Api::namespaced(world.admin.clone(), NS);
+    let warning = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("CredentialsExpiring"))
+        .expect("a CredentialsExpiring event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(warning.note.unwrap_or_default().contains("days"));
+}

@@ -214,6 +214,8 @@ pub enum Validity {
     Expired,
     /// Valid from 30 days on, for a year.
     NotYetValid,
+    /// Valid now, expiring in ten days.
+    ExpiringSoon,
 }
 
 /// How a client assertion's header names the certificate.
@@ -257,6 +259,7 @@ impl TestCertificate {
             Validity::Valid => (-1, 365),
             Validity::Expired => (-367, -2),
             Validity::NotYetValid => (30, 395),
+            Validity::ExpiringSoon => (-355, 10),
         };
         let (y, m, d) = day(from);
         params.not_before = rcgen::date_time_ymd(y, m, d);
