@@ -41,12 +41,9 @@ pub async fn read(
         (CredentialsType::ClientSecret | CredentialsType::Certificate, Some(reference), _) => {
             let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
             let Some(secret) = secrets.get_opt(&reference.name).await? else {
-                return Ok(Err(unusable(
-                    PartnerReason::SecretNotFound,
-                    format!("Secret {namespace}/{} not found: create it with keys {}", reference.name, {
-                        wanted_keys(partner, reference).join(", ")
-                    }),
-                )));
+                let keys = wanted_keys(partner, reference).join(", ");
+                let message = format!("Secret {namespace}/{} not found: create it with keys {keys}", reference.name);
+                return Ok(Err(unusable(PartnerReason::SecretNotFound, message)));
             };
             Ok(from_secret(partner, reference, &secret))
         }
