@@ -263,8 +263,8 @@ fn assert_selectors_select_the_pods(objects: &[Value]) {
         }
     };
     selects(&deployment["spec"]["selector"]["matchLabels"], "the Deployment");
-    let term = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
-        ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    let term = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
     selects(&term["labelSelector"]["matchLabels"], "the anti-affinity");
     for o in objects {
         match o["kind"].as_str().unwrap() {
@@ -521,7 +521,11 @@ async fn the_chart_installs_what_kustomize_installs() {
         assert_same_security(&rendered, &without_crds);
         assert_selectors_select_the_pods(&rendered);
         assert_selectors_select_the_pods(&kustomized);
-        assert!(bare.missing(&rendered).await.is_empty(), "{variant}: not installed: {:?}", bare.missing(&rendered).await);
+        assert!(
+            bare.missing(&rendered).await.is_empty(),
+            "{variant}: not installed: {:?}",
+            bare.missing(&rendered).await
+        );
 
         // CRDs: Helm installed the chart's crds/ (not part of the release's manifest); they are
         // the kustomize install's.
@@ -643,10 +647,7 @@ async fn install_upgrade_rollback_and_uninstall() {
     assert!(sa["metadata"]["annotations"]["azure.workload.identity/client-id"].is_null(), "{sa}");
     assert_eq!(live("PodDisruptionBudget", "policy/v1", RELEASE).await["spec"]["minAvailable"], 1);
     let statuses: Vec<(i64, String)> = helm.history(RELEASE).await.into_iter().map(|r| (r.version, r.status)).collect();
-    assert_eq!(
-        statuses,
-        [(1, "superseded".to_string()), (2, "superseded".to_string()), (3, "deployed".to_string())]
-    );
+    assert_eq!(statuses, [(1, "superseded".to_string()), (2, "superseded".to_string()), (3, "deployed".to_string())]);
 
     // Uninstall: every object of the release goes, with Helm's records of it; the CRDs stay
     // (Helm never deletes what crds/ installed), and so does the namespace.
@@ -676,9 +677,10 @@ async fn helm_sdkpy_rollback_is_broken_in_0_1_32() {
     let Some(helm) = bare.helm("rollback-canary") else { return };
     helm.install("canary", &json!({"replicaCount": 1}), 0).await.expect("install");
     helm.upgrade("canary", &json!({"replicaCount": 3}), 0).await.expect("upgrade");
-    let refused = helm.rollback("canary", 1).await.expect_err(
-        "helm-sdkpy's Rollback works now: use Helm::rollback in install_upgrade_rollback_and_uninstall",
-    );
+    let refused = helm
+        .rollback("canary", 1)
+        .await
+        .expect_err("helm-sdkpy's Rollback works now: use Helm::rollback in install_upgrade_rollback_and_uninstall");
     assert!(refused.contains("wait strategy not set"), "{refused}");
     let history = helm.history("canary").await;
     assert_eq!(history.last().map(|r| r.status.as_str()), Some("pending-rollback"), "{history:?}");
@@ -749,7 +751,8 @@ async fn checkov_passes_on_the_chart_and_the_kustomize_install() {
     let rendered = bare.dir.join("rendered");
     std::fs::create_dir_all(&rendered).unwrap();
     for (variant, values) in [("cluster", json!({})), ("namespaced", json!({"watchNamespace": "chart-namespaced"}))] {
-        let helm = Helm { python: python.clone(), kubeconfig: bare.kubeconfig(), namespace: format!("chart-{variant}") };
+        let helm =
+            Helm { python: python.clone(), kubeconfig: bare.kubeconfig(), namespace: format!("chart-{variant}") };
         let release = helm.install(RELEASE, &values, 0).await.unwrap_or_else(|e| panic!("{variant}: {e}"));
         std::fs::write(rendered.join(format!("chart-{variant}.yaml")), &release.manifest).unwrap();
     }
@@ -776,9 +779,8 @@ async fn checkov_passes_on_the_chart_and_the_kustomize_install() {
         }
         async move {
             let output = command.output().await.expect("checkov runs");
-            let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-                panic!("checkov's report ({e}):\n{}", String::from_utf8_lossy(&output.stderr))
-            });
+            let report: Value = serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|e| panic!("checkov's report ({e}):\n{}", String::from_utf8_lossy(&output.stderr)));
             report
         }
     };

@@ -146,7 +146,11 @@ impl Helm {
         let (code, out, err) = self.python.run("helm.py", &args, None).await;
         let answer: Value = serde_json::from_str(out.trim())
             .unwrap_or_else(|_| panic!("helm.py {action} failed (exit {code}):\n{out}\n{err}"));
-        if answer["ok"] == true { Ok(answer["result"].clone()) } else { Err(answer["error"].as_str().unwrap_or_default().into()) }
+        if answer["ok"] == true {
+            Ok(answer["result"].clone())
+        } else {
+            Err(answer["error"].as_str().unwrap_or_default().into())
+        }
     }
 
     fn release_args(release: &str, values: &Value, wait: u64) -> Vec<String> {
