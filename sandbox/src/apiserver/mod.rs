@@ -54,7 +54,7 @@ pub mod registry;
 pub mod routes;
 pub mod schema;
 pub mod selectors;
-mod serve;
+pub(crate) mod serve;
 pub mod store;
 pub mod table;
 mod tokens;
