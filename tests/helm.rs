@@ -667,6 +667,34 @@ async fn install_upgrade_rollback_and_uninstall() {
     assert!(bare.get("v1", "Namespace", None, NAMESPACE).await.is_some());
 }
 
+/// With server-side apply (`helm install --server-side`, Helm 4's way): the chart's CRDs and
+/// objects are applied under Helm's field manager, an upgrade moves what changed and drops what
+/// the new values leave out, and uninstall removes the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_and_upgrades_with_server_side_apply() {
+    let bare = Bare::start("ssa").await;
+    let Some(helm) = bare.helm(NAMESPACE) else { return };
+    let values = json!({"replicaCount": 3, "podAnnotations": {"example.com/team": "red"}});
+    helm.install_server_side(RELEASE, &values).await.expect("helm install --server-side");
+    let d = bare.get("apps/v1", "Deployment", Some(NAMESPACE), RELEASE).await.expect("installed");
+    assert_eq!(d["spec"]["replicas"], 3);
+    let managers: BTreeSet<String> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{}/{}", m["manager"].as_str().unwrap(), m["operation"].as_str().unwrap()))
+        .collect();
+    assert!(managers.iter().any(|m| m.ends_with("/Apply")), "applied server-side: {managers:?}");
+    let crd = bare.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "probefindings.detect.dev").await;
+    assert!(crd.is_some(), "the chart's CRDs");
+    helm.upgrade_server_side(RELEASE, &json!({})).await.expect("helm upgrade --server-side");
+    let d = bare.get("apps/v1", "Deployment", Some(NAMESPACE), RELEASE).await.unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert!(d["spec"]["template"]["metadata"]["annotations"]["example.com/team"].is_null(), "dropped with its value");
+    helm.uninstall(RELEASE, 30).await.expect("helm uninstall");
+    assert!(bare.get("apps/v1", "Deployment", Some(NAMESPACE), RELEASE).await.is_none());
+}
+
 /// helm-sdkpy 0.1.32's Rollback never sets Helm v4's wait strategy, so Helm refuses it ("wait
 /// strategy not set") after recording a `pending-rollback` revision, which then blocks every
 /// later action on the release. This test fails when a helm-sdkpy that fixes it is pinned in

@@ -5,7 +5,7 @@ and tests/e2e.rs. One action per run; prints one JSON object on stdout:
     python3 helm.py check
     python3 helm.py lint --chart DIR
     python3 helm.py install|upgrade --kubeconfig KC --namespace NS --release R --chart DIR
-        [--values JSON] [--create-namespace] [--wait SECONDS] [--reset-values]
+        [--values JSON] [--create-namespace] [--wait SECONDS] [--reset-values] [--server-side]
     python3 helm.py rollback --kubeconfig KC --namespace NS --release R --revision N
     python3 helm.py uninstall|history|status|get-values --kubeconfig KC --namespace NS --release R
     python3 helm.py list --kubeconfig KC --namespace NS
@@ -52,12 +52,12 @@ async def run(args, h):
     if args.action == "install":
         release = await h.Install(config).run(
             args.release, args.chart, values=values, create_namespace=args.create_namespace,
-            wait=wait, timeout=args.wait or 60)
+            wait=wait, timeout=args.wait or 60, server_side_apply=args.server_side)
         return release_summary(release)
     if args.action == "upgrade":
         release = await h.Upgrade(config).run(
             args.release, args.chart, values=values, wait=wait, timeout=args.wait or 60,
-            reset_values=args.reset_values)
+            reset_values=args.reset_values, server_side_apply=True if args.server_side else "auto")
         return release_summary(release)
     if args.action == "rollback":
         return await h.Rollback(config).run(args.release, revision=args.revision)
@@ -86,6 +86,7 @@ def main():
     parser.add_argument("--wait", type=int, default=0, help="seconds to wait for readiness; 0: do not wait")
     parser.add_argument("--create-namespace", action="store_true")
     parser.add_argument("--reset-values", action="store_true")
+    parser.add_argument("--server-side", action="store_true", help="apply with server-side apply (helm 4's --server-side)")
     args = parser.parse_args()
     import helm_sdkpy as h
 

@@ -174,6 +174,20 @@ impl Helm {
         self.call("install", &args).await.map(|v| serde_json::from_value(v).expect("a release"))
     }
 
+    /// `helm install` with server-side apply (Helm 4's `--server-side`), then `helm upgrade`
+    /// likewise: the release's objects applied by the API server's field managers.
+    pub async fn install_server_side(&self, release: &str, values: &Value) -> Result<Release, String> {
+        let mut args = Self::release_args(release, values, 0);
+        args.extend(["--create-namespace".into(), "--server-side".into()]);
+        self.call("install", &args).await.map(|v| serde_json::from_value(v).expect("a release"))
+    }
+
+    pub async fn upgrade_server_side(&self, release: &str, values: &Value) -> Result<Release, String> {
+        let mut args = Self::release_args(release, values, 0);
+        args.extend(["--reset-values".into(), "--server-side".into()]);
+        self.call("upgrade", &args).await.map(|v| serde_json::from_value(v).expect("a release"))
+    }
+
     /// `helm upgrade RELEASE deploy/helm/defender-operator --reset-values -f values`.
     pub async fn upgrade(&self, release: &str, values: &Value, wait: u64) -> Result<Release, String> {
         let mut args = Self::release_args(release, values, wait);
