@@ -14,8 +14,10 @@ use serde_json::Value;
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// What `.ci/run` installs (and so what a developer installs to run these tests).
-pub const INSTALL_HINT: &str = "pip install --ignore-requires-python -r .ci/requirements.txt \
-    (or run .ci/run, which installs them into a virtualenv and sets DEFENDER_PYTHON)";
+pub const INSTALL_HINT: &str = "python3 -m venv target/python && \
+    target/python/bin/pip install -r .ci/requirements.txt -c .ci/constraints.txt && \
+    target/python/bin/pip install --ignore-requires-python -r .ci/requirements-helm.txt -c .ci/constraints.txt, \
+    then run the tests with DEFENDER_PYTHON=target/python/bin/python (README: Development)";
 
 /// A Python interpreter with the modules a test needs.
 #[derive(Clone, Debug)]
