@@ -207,3 +207,101 @@ async fn attach_with_a_certificate_or_a_service_account() {
     assert_eq!(partners.get("federated").await.unwrap().spec.credentials.client_id.as_deref(), Some(sv::GOOD_APP_ID));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `partner attach` replaces only what it wrote: a partner applied by someone else (kubectl, a
+/// GitOps tool), or a Secret of the name attach would write, is refused and left untouched
+/// unless `--overwrite`, which then replaces the partner's spec with attach's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_refuses_to_overwrite_what_it_did_not_write() {
+    let world = world().await;
+    let kubeconfig = std::env::temp_dir().join(format!("defender-operator-cli-ow-{}.kubeconfig", std::process::id()));
+    std::fs::write(&kubeconfig, world.kubeconfig()).unwrap();
+    let cli = Cli { kubeconfig: kubeconfig.clone() };
+    let api = world.defender_api();
+    let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), "default");
+
+    // A partner from GitOps (field manager "test"), with its own Secret and a Low severity.
+    world.good_secret("default", "gitops-credentials").await;
+    world
+        .partner("default", "defender", "gitops-credentials", serde_json::json!({"indicator": {"severity": "Low"}}))
+        .await;
+    world.attached("default", "defender").await;
+    let secret = format!("{}/{}", sv::GOOD_APP_ID, sv::GOOD_APP_SECRET);
+    let attach = ["partner", "attach", "defender", "--user", sv::TENANT_ID, "--secret", &secret, "--api", &api];
+    let (ok, out, err) = cli.run(&attach, &[]).await;
+    assert!(!ok, "attach replaced a partner it did not write: {out}");
+    assert!(
+        err.contains("DefenderPartner default/defender exists and was not written by `partner attach`")
+            && err.contains("managed by test")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
+    let untouched = partners.get("defender").await.unwrap();
+    assert_eq!(untouched.spec.credentials.secret_ref.unwrap().name, "gitops-credentials");
+    assert!(secrets.get_opt("defender-credentials").await.unwrap().is_none(), "nothing was written");
+
+    let (ok, out, err) = cli.run(&[&attach[..], &["--overwrite"]].concat(), &[]).await;
+    assert!(ok, "attach --overwrite: {out}{err}");
+    let replaced = partners.get("defender").await.unwrap();
+    assert_eq!(replaced.spec.credentials.secret_ref.unwrap().name, "defender-credentials");
+    assert_ne!(
+        serde_json::to_value(&replaced.spec.indicator).unwrap()["severity"],
+        "Low",
+        "the other manager's fields are gone"
+    );
+    assert!(replaced.metadata.finalizers.unwrap_or_default().contains(&"detect.dev/indicators".to_string()));
+    // Now it is attach's: attaching again (a rotated secret) needs no --overwrite.
+    let (ok, out, err) = cli.run(&attach, &[]).await;
+    assert!(ok, "re-attach: {out}{err}");
+
+    // A Secret of the name attach would write, written by someone else, is refused too.
+    world.good_secret("default", "other-credentials").await;
+    let other = ["partner", "attach", "defender", "--name", "other", "--user", sv::TENANT_ID, "--secret", &secret];
+    let (ok, _, err) = cli.run(&[&other[..], &["--api", &api]].concat(), &[]).await;
+    assert!(!ok && err.contains("Secret default/other-credentials exists and was not written by"), "{err}");
+    assert!(partners.get_opt("other").await.unwrap().is_none());
+    let _ = std::fs::remove_file(&kubeconfig);
+}
+
+/// `defender-operator sandbox` prints where the operator's `/metrics` is, and serves it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_command_serves_the_operators_metrics_on_the_printed_address() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("defender-operator-sandbox-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-operator"))
+        .args(["sandbox", "--kubeconfig"])
+        .arg(dir.join("kubeconfig"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sandbox starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("Operator metrics: ") {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("the sandbox ended without printing the metrics address")
+    })
+    .await
+    .expect("the metrics address is printed");
+    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/metrics"), "{url}");
+    // The examples converge: the partner gauge says so, as the operator counts it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if text.contains(r#"defender_operator_partners{state="Attached"} 1"#) {
+            assert!(text.contains("defender_operator_reconciles_total"), "{text}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no Attached partner in:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let ready = reqwest::get(url.replace("/metrics", "/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

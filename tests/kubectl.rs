@@ -61,6 +61,31 @@ async fn kubectl_applies_the_examples_and_sees_them_converge() {
     assert!(out.contains("Attached") && out.contains("InvalidSecret"), "{out}");
     assert!(out.contains("UNPROTECTED") && out.contains("1/1"), "{out}");
 
+    // `kubectl get pf` shows whether each finding is Ready, from its Ready condition.
+    let kc = kubeconfig.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&kc, &["get", "pf", "-n", "default"])).await.unwrap();
+    assert!(ok, "{out}");
+    let columns: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(columns, ["NAME", "TEST", "STATE", "DELIVERED", "READY", "AGE"], "{out}");
+    let row = out.lines().find(|l| l.starts_with("office-macro-laptop-7 ")).unwrap_or_else(|| panic!("{out}"));
+    let ready_at = out.lines().next().unwrap().find("READY").unwrap();
+    assert_eq!(row[ready_at..].split_whitespace().next(), Some("True"), "{out}");
+
+    // The operator's events (events.k8s.io/v1) as kubectl shows them on any cluster: LAST SEEN
+    // from their time, SOURCE the operator and its replica, in `kubectl events` too.
+    let kc = kubeconfig.clone();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || kubectl(&kc, &["get", "events", "-A", "-o", "wide"])).await.unwrap();
+    assert!(ok, "{out}");
+    let attached = out.lines().find(|l| l.contains(" Attached ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(attached.contains("defenderpartner/defender"), "{attached}");
+    assert!(attached.contains("defender-operator, defender-operator-sandbox"), "{attached}");
+    let refused = out.lines().find(|l| l.contains(" InvalidSecret ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(refused.contains("Warning"), "{refused}");
+    let kc = kubeconfig.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&kc, &["events", "-A"])).await.unwrap();
+    assert!(ok && out.contains("Attached") && out.contains("InvalidSecret"), "{out}");
+
     let kc = kubeconfig.clone();
     let (ok, out) = tokio::task::spawn_blocking(move || {
         kubectl(&kc, &["delete", "dp", "defender", "-n", "default", "--timeout=30s"])

@@ -1839,3 +1839,158 @@ mod service_account_tokens {
         s.shutdown().await;
     }
 }
+
+/// Events as kube-apiserver validates and prints them: an events.k8s.io/v1 Event needs its
+/// `eventTime`, a type, a reporting controller and instance, an action and a reason, and may not
+/// set the deprecated core fields (`deprecatedLastTimestamp`, …), which the server never fills
+/// in; so its core/v1 view has no `lastTimestamp`/`firstTimestamp`/`count`/`source`, and
+/// `kubectl get events` shows its times from `eventTime` and `series`, its count from the series
+/// (1 for a single event) and its source from the reporting controller and instance. Through
+/// events.k8s.io/v1 only the series of an Event may change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_validated_and_printed_as_kube_apiserver_does() {
+    let s = server().await;
+    let admin = s.admin_token();
+    let v1 = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let event = |name: &str| {
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "default"},
+            "eventTime": "2026-11-29T10:00:00.000000Z",
+            "type": "Warning", "reason": "InvalidSecret", "action": "Validate",
+            "note": "Entra rejected the client secret",
+            "reportingController": "defender-operator", "reportingInstance": "defender-operator-7d9f",
+            "regarding": {"apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner", "namespace": "default", "name": "defender"},
+        })
+    };
+    let causes = |body: &Value| -> Vec<(String, String)> {
+        body["details"]["causes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| (c["field"].as_str().unwrap().to_string(), c["message"].as_str().unwrap().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // The deprecated fields may not be set through events.k8s.io/v1; nor may the new ones be
+    // missing.
+    let mut deprecated = event("deprecated");
+    deprecated["deprecatedLastTimestamp"] = json!("2026-11-29T10:00:00Z");
+    deprecated["deprecatedFirstTimestamp"] = json!("2026-11-29T10:00:00Z");
+    deprecated["deprecatedCount"] = json!(3);
+    deprecated["deprecatedSource"] = json!({"component": "kubelet"});
+    let (code, body) = raw(&s, &admin, "POST", v1, "application/json", Some(deprecated)).await;
+    assert_eq!(code, 422, "{body}");
+    let got = causes(&body);
+    for field in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount", "deprecatedSource"] {
+        assert!(got.contains(&(field.into(), "Invalid value: \"\": needs to be unset".into())), "{field}: {got:?}");
+    }
+    let mut untimed = event("untimed");
+    untimed.as_object_mut().unwrap().remove("eventTime");
+    untimed["type"] = json!("Info");
+    let (code, body) = raw(&s, &admin, "POST", v1, "application/json", Some(untimed)).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(
+        causes(&body),
+        [
+            ("eventTime".to_string(), "Required value".to_string()),
+            ("type".to_string(), "Invalid value: \"\": has invalid value: Info".to_string())
+        ]
+    );
+    let mut anonymous = event("anonymous");
+    for field in ["reportingController", "reportingInstance", "action"] {
+        anonymous.as_object_mut().unwrap().remove(field);
+    }
+    let (code, body) = raw(&s, &admin, "POST", v1, "application/json", Some(anonymous)).await;
+    assert_eq!(code, 422, "{body}");
+    let fields: Vec<String> = causes(&body).into_iter().map(|c| c.0).collect();
+    assert_eq!(fields, ["reportingController", "reportingInstance", "action"], "{body}");
+    let mut long = event("long");
+    long["reason"] = json!("R".repeat(129));
+    long["note"] = json!("n".repeat(1025));
+    let (code, body) = raw(&s, &admin, "POST", v1, "application/json", Some(long)).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(causes(&body).contains(&("reason".into(), "Invalid value: \"\": can have at most 128 characters".into())));
+    assert!(
+        causes(&body).contains(&("message".into(), "Invalid value: \"\": can have at most 1024 characters".into()))
+    );
+
+    // A valid one, and its core/v1 view: no deprecated fields filled in.
+    let (code, body) = raw(&s, &admin, "POST", v1, "application/json", Some(event("single"))).await;
+    assert_eq!(code, 201, "{body}");
+    let (_, core) = raw(&s, &admin, "GET", "/api/v1/namespaces/default/events/single", "", None).await;
+    for absent in ["firstTimestamp", "lastTimestamp", "count", "source"] {
+        assert!(core[absent].is_null(), "{absent} in {core}");
+    }
+    assert_eq!(core["eventTime"], "2026-11-29T10:00:00.000000Z");
+    assert_eq!(core["reportingComponent"], "defender-operator");
+    assert_eq!(core["message"], "Entra rejected the client secret");
+
+    // Through events.k8s.io/v1 only the series may change; and a series counts at least 2.
+    let path = format!("{v1}/single");
+    let merge = "application/merge-patch+json";
+    let (code, body) = raw(&s, &admin, "PATCH", &path, merge, Some(json!({"note": "changed"}))).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(causes(&body), [("message".to_string(), "Invalid value: field is immutable".to_string())]);
+    let series = |count: i64| json!({"series": {"count": count, "lastObservedTime": "2026-11-29T10:05:00.000000Z"}});
+    let (code, body) = raw(&s, &admin, "PATCH", &path, merge, Some(series(1))).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(causes(&body)[0].0, "series.count");
+    let (code, body) = raw(&s, &admin, "PATCH", &path, merge, Some(series(4))).await;
+    assert_eq!(code, 200, "{body}");
+
+    // A core/v1 Event as the kubelet writes it: with lastTimestamp, count and source.
+    let kubelet = json!({
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "kubelet-pulled", "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "name": "web-0", "namespace": "default", "fieldPath": "spec.containers{web}"},
+        "reason": "Pulled", "message": "Container image pulled", "type": "Normal",
+        "firstTimestamp": "2026-11-29T09:00:00Z", "lastTimestamp": "2026-11-29T09:30:00Z", "count": 3,
+        "source": {"component": "kubelet", "host": "node-1"},
+    });
+    let (code, body) =
+        raw(&s, &admin, "POST", "/api/v1/namespaces/default/events", "application/json", Some(kubelet)).await;
+    assert_eq!(code, 201, "{body}");
+
+    let k = Kubectl::new(&s, &admin, "events-printer");
+    let out = k.ok(&["get", "events", "-o", "wide"]).await;
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "LAST",
+            "SEEN",
+            "TYPE",
+            "REASON",
+            "OBJECT",
+            "SUBOBJECT",
+            "SOURCE",
+            "MESSAGE",
+            "FIRST",
+            "SEEN",
+            "COUNT",
+            "NAME"
+        ],
+        "{out}"
+    );
+    let row =
+        |name: &str| out.lines().find(|l| l.trim_end().ends_with(name)).unwrap_or_else(|| panic!("{name}: {out}"));
+    let single = row("single");
+    assert!(single.contains("defenderpartner/defender"), "{single}");
+    assert!(single.contains("defender-operator, defender-operator-7d9f"), "source from the reporting fields: {single}");
+    assert!(single.contains("   4   "), "the series' count: {single}");
+    let pulled = row("kubelet-pulled");
+    assert!(pulled.contains("spec.containers{web}") && pulled.contains("kubelet, node-1"), "{pulled}");
+    assert!(pulled.contains("   3   "), "{pulled}");
+
+    // Sorting by lastTimestamp sorts the events that have one; the others (events.k8s.io/v1)
+    // come first, with their LAST SEEN from eventTime or series, as on any cluster.
+    let out = k.ok(&["get", "events", "--sort-by=.lastTimestamp"]).await;
+    let reasons: Vec<&str> = out.lines().skip(1).map(|l| l.split_whitespace().nth(2).unwrap_or_default()).collect();
+    assert_eq!(reasons, ["InvalidSecret", "Pulled"], "{out}");
+    // `kubectl events` orders by the newest time of each, events.k8s.io/v1 ones included.
+    let out = k.ok(&["events"]).await;
+    assert!(out.contains("InvalidSecret") && out.contains("Pulled"), "{out}");
+    s.shutdown().await;
+}

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Test","type":"string","jsonPath":".spec.test.name"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Delivered","type":"string","jsonPath":".status.delivered"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "A security test's result on one endpoint, with the indicators (hashes) of the tested binary; UNPROTECTED results are pushed to Microsoft Defender by the DefenderPartners that select it."
 )]

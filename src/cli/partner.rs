@@ -73,6 +73,9 @@ pub struct AttachArgs {
     /// How long to wait for the operator's verdict.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Replace a partner or Secret of that name that `attach` did not write (kubectl, GitOps).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// `--cloud`: the CLI's kebab-case names, with the CRD's spellings (`spec.cloud`) as aliases.
@@ -181,6 +184,7 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
     let tenant_id = args.user.trim().to_string();
     let params = PatchParams::apply(MANAGER).force();
     let secret_name = format!("{}-credentials", args.name);
+    let existing = refuse_foreign(&client, namespace, &args, &secret_name).await?;
     // What the partner's credentials look like, and the hash the operator will report for them.
     let (credentials, secret, expected_hash) = if let Some(account) = &args.service_account {
         let client_id = match &args.client_id {
@@ -227,6 +231,17 @@ async fn attach(client: Client, namespace: &str, args: AttachArgs) -> anyhow::Re
     }
     let partner = partner_object(&args, namespace, credentials);
     let partners: Api<DefenderPartner> = Api::namespaced(client, namespace);
+    if let Some(mut existing) = existing.filter(|p| !written_by_attach(&p.metadata)) {
+        // --overwrite: the spec becomes attach's alone (fields other managers set go), the
+        // metadata (finalizers, other labels) stays; the apply below then owns it.
+        existing.spec = serde_json::from_value(partner["spec"].clone()).context("the partner attach writes")?;
+        existing.metadata.managed_fields = None;
+        let params = kube::api::PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        partners
+            .replace(&args.name, &params, &existing)
+            .await
+            .with_context(|| format!("replacing DefenderPartner {namespace}/{}", args.name))?;
+    }
     partners
         .patch(&args.name, &params, &Patch::Apply(&partner))
         .await
@@ -278,6 +293,59 @@ async fn annotated_client_id(client: &Client, namespace: &str, account: &str) ->
         })
 }
 
+/// `attach` replaces only what it wrote (its label `app.kubernetes.io/managed-by`): a partner or
+/// Secret of that name written otherwise (kubectl, a GitOps tool) is refused unless
+/// `--overwrite`. Returns the partner when it exists.
+async fn refuse_foreign(
+    client: &Client,
+    namespace: &str,
+    args: &AttachArgs,
+    secret_name: &str,
+) -> anyhow::Result<Option<DefenderPartner>> {
+    let name = &args.name;
+    let partners: Api<DefenderPartner> = Api::namespaced(client.clone(), namespace);
+    let partner = partners.get_opt(name).await.with_context(|| format!("reading DefenderPartner {name}"))?;
+    if !args.overwrite
+        && let Some(partner) = &partner
+        && !written_by_attach(&partner.metadata)
+    {
+        bail!(
+            "DefenderPartner {namespace}/{name} exists and was not written by `partner attach`{}: pass --overwrite \
+             to replace its spec, or --name for another partner",
+            spec_managers(&partner.metadata)
+        );
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if !args.overwrite
+        && let Some(secret) =
+            secrets.get_opt(secret_name).await.with_context(|| format!("reading Secret {secret_name}"))?
+        && !written_by_attach(&secret.metadata)
+    {
+        bail!(
+            "Secret {namespace}/{secret_name} exists and was not written by `partner attach`: pass --overwrite to \
+             replace it, or --name for another partner"
+        );
+    }
+    Ok(partner)
+}
+
+fn written_by_attach(meta: &kube::core::ObjectMeta) -> bool {
+    meta.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/managed-by")).map(String::as_str) == Some(MANAGER)
+}
+
+/// ` (its spec is managed by kubectl, argocd-controller)`: who wrote the spec, if anyone did.
+fn spec_managers(meta: &kube::core::ObjectMeta) -> String {
+    let managers: Vec<String> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.subresource.as_deref().unwrap_or_default().is_empty())
+        .filter(|e| e.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").is_some()))
+        .filter_map(|e| e.manager.clone())
+        .collect();
+    if managers.is_empty() { String::new() } else { format!(" (its spec is managed by {})", managers.join(", ")) }
+}
+
 /// The `DefenderPartner` that `attach` applies.
 fn partner_object(args: &AttachArgs, namespace: &str, credentials: serde_json::Value) -> serde_json::Value {
     let mut spec = json!({"cloud": Cloud::from(args.cloud), "credentials": credentials, "suspend": false});
@@ -285,7 +353,8 @@ fn partner_object(args: &AttachArgs, namespace: &str, credentials: serde_json::V
         spec["api"] = json!(api_url(api));
     }
     json!({"apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
-        "metadata": {"name": args.name, "namespace": namespace}, "spec": spec})
+        "metadata": {"name": args.name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+        "spec": spec})
 }
 
 async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Result<()> {
@@ -340,21 +409,41 @@ async fn detach(client: Client, namespace: &str, args: DetachArgs) -> anyhow::Re
 }
 
 fn table(partners: &[DefenderPartner]) -> String {
-    let mut text = format!(
-        "{:<20} {:<20} {:<10} {:<38} {:>10}  {}\n",
-        "NAMESPACE", "NAME", "STATE", "TENANT", "INDICATORS", "REASON"
-    );
+    let mut rows = vec![["NAMESPACE", "NAME", "STATE", "TENANT", "INDICATORS", "REASON"].map(String::from)];
     for partner in partners {
         let status = partner.status.clone().unwrap_or_default();
-        text += &format!(
-            "{:<20} {:<20} {:<10} {:<38} {:>10}  {}\n",
-            partner.metadata.namespace.as_deref().unwrap_or_default(),
-            partner.metadata.name.as_deref().unwrap_or_default(),
+        rows.push([
+            partner.metadata.namespace.clone().unwrap_or_default(),
+            partner.metadata.name.clone().unwrap_or_default(),
             status.state.map(|s| format!("{s:?}")).unwrap_or_default(),
             status.tenant_id.unwrap_or_default(),
             status.indicators.map(|i| i.submitted.to_string()).unwrap_or_default(),
             status.reason.unwrap_or_default(),
-        );
+        ]);
+    }
+    columns(&rows)
+}
+
+/// Rows as aligned columns, as kubectl prints them: each column as wide as its widest cell
+/// (in characters), three spaces apart, the last one unpadded.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line += cell;
+            if i + 1 < N {
+                line += &" ".repeat(widths[i] - cell.chars().count() + 3);
+            }
+        }
+        text += line.trim_end();
+        text.push('\n');
     }
     text
 }
@@ -362,6 +451,47 @@ fn table(partners: &[DefenderPartner]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every column starts at the same character in every line, however long a name is.
+    #[test]
+    fn the_list_stays_aligned_with_long_names() {
+        let partner = |ns: &str, name: &str, reason: &str| {
+            let mut p: DefenderPartner = serde_json::from_value(json!({
+                "apiVersion": "detect.dev/v1alpha1", "kind": "DefenderPartner",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"credentials": {"secretRef": {"name": "s"}}},
+            }))
+            .unwrap();
+            p.status = Some(crate::api::DefenderPartnerStatus {
+                state: Some(PartnerState::Detached),
+                reason: Some(reason.into()),
+                ..Default::default()
+            });
+            p
+        };
+        let text = table(&[
+            partner("team-with-a-rather-long-namespace-name", "defender", "InvalidSecret"),
+            partner("a", "a-partner-whose-name-is-longer-than-twenty-characters", "SecretNotFound"),
+            partner("ü-ns", "ünïcode", "Suspended"),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let starts = |line: &str| -> Vec<usize> {
+            let chars: Vec<char> = line.chars().collect();
+            (0..chars.len()).filter(|&i| chars[i] != ' ' && (i == 0 || chars[i - 1] == ' ')).collect()
+        };
+        let header = starts(lines[0]);
+        assert_eq!(header.len(), 6, "{text}");
+        for line in &lines[1..] {
+            // Empty cells (TENANT, INDICATORS) leave gaps: every word starts at a column.
+            for start in starts(line) {
+                assert!(header.contains(&start), "misaligned at {start}:\n{text}");
+            }
+            let reason_at = header[5];
+            let reason: String = line.chars().skip(reason_at).collect();
+            assert!(["InvalidSecret", "SecretNotFound", "Suspended"].contains(&reason.as_str()), "{text}");
+        }
+    }
 
     #[test]
     fn secret_and_api_forms() {

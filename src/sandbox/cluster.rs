@@ -34,6 +34,19 @@ pub struct SandboxOptions {
     pub watch_namespace: Option<String>,
     /// How long one Defender call may take (as `run --defender-timeout-seconds`); default 30 s.
     pub request_timeout: Option<Duration>,
+    /// What [`Sandbox::start`] installs before returning: everything (the default), or only the
+    /// API server and the emulator, for an installer (Helm, kubectl) to install the rest.
+    pub install: Install,
+}
+
+/// What [`Sandbox::start`] installs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Install {
+    /// The CRDs, the operator's namespace, ServiceAccount and `deploy/base/rbac.yaml`.
+    #[default]
+    Operator,
+    /// Nothing: a fresh cluster.
+    Nothing,
 }
 
 impl Default for SandboxOptions {
@@ -48,6 +61,7 @@ impl Default for SandboxOptions {
             },
             watch_namespace: None,
             request_timeout: None,
+            install: Install::Operator,
         }
     }
 }
@@ -90,12 +104,17 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Starts the API server and the emulator, installs the CRDs and the operator's RBAC.
+    /// Starts the API server and the emulator, and installs the CRDs and the operator's RBAC
+    /// (unless [`SandboxOptions::install`] says otherwise).
     pub async fn start(options: SandboxOptions) -> anyhow::Result<Self> {
         let kube = KubeApiServer::start(ApiServerConfig::default()).await.context("starting the API server")?;
         let defender = Emulator::start(options.emulator.clone()).await.context("starting the Defender emulator")?;
         let admin = kube.admin_client();
+        let install = options.install;
         let sandbox = Self { kube, defender, admin, options };
+        if install == Install::Nothing {
+            return Ok(sandbox);
+        }
         sandbox.apply_yaml(CRDS).await.context("installing the CRDs")?;
         sandbox
             .apply_yaml(&format!(

@@ -33,6 +33,10 @@ pub struct SandboxArgs {
     /// How long `--demo` waits for convergence.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Where the operator serves `/metrics`, `/healthz` and `/readyz` (port 0: a free port; the
+    /// address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -45,14 +49,18 @@ pub async fn run(args: SandboxArgs, shutdown: impl Future<Output = ()>) -> anyho
     let sandbox = Sandbox::start(SandboxOptions::default()).await?;
     std::fs::write(&args.kubeconfig, sandbox.kubeconfig())
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
+    let operator = sandbox.start_operator();
+    let metrics = crate::telemetry::serve(args.metrics_addr, operator.metrics.clone(), operator.health.clone())
+        .await
+        .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
     println!("Kubernetes API server: {}", sandbox.kube.url());
     println!("Defender/Entra emulator: {}", sandbox.defender.url());
+    println!("Operator metrics: http://{metrics}/metrics   (health: /healthz, /readyz)");
     println!(
         "kubeconfig: {}   (try: kubectl --kubeconfig {} get dp,pf -A)",
         args.kubeconfig.display(),
         args.kubeconfig.display()
     );
-    let _operator = sandbox.start_operator();
     without_a_secret(&sandbox).await?;
 
     for (file, yaml) in EXAMPLES {

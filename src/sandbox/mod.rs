@@ -5,4 +5,4 @@
 pub mod cluster;
 pub mod demo;
 
-pub use cluster::{Operator, Sandbox, SandboxOptions};
+pub use cluster::{Install, Operator, Sandbox, SandboxOptions};

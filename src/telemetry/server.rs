@@ -41,15 +41,17 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
         .with_state(Shared { metrics, health })
 }
 
-/// Serves until the listener fails; bind errors are returned at once.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<()> {
+/// Serves until the listener fails; bind errors are returned at once, else the bound address
+/// (port 0 picks a free port).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router(metrics, health)).await {
             tracing::error!(%error, "metrics server stopped");
         }
     });
-    Ok(())
+    Ok(bound)
 }
 
 async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {

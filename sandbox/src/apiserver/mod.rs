@@ -32,7 +32,7 @@
 //! Layout: [`routes`] parses requests and dispatches, [`ops`] implements the verbs over the
 //! [`store`], [`watch`] streams changes, [`patch`]/[`apply`] implement patches and server-side
 //! apply, [`schema`]/[`cel`] prune, default and validate custom resources, [`rbac`] authorises,
-//! [`discovery`] and [`table`] serve what kubectl needs, `tokens` issues service-account tokens
+//! [`discovery`] and [`table`] serve what kubectl needs, [`events`] validates Events, `tokens` issues service-account tokens
 //! and serves the issuer's discovery documents, `proto` decodes the few protobuf bodies
 //! kubectl's typed `create` commands send, `serve` is the HTTP/HTTPS listener. [`registry`] knows
 //! the resource types served, [`selectors`] parses label and field selectors, [`error`] renders
@@ -44,6 +44,7 @@ mod cause;
 pub mod cel;
 pub mod discovery;
 pub mod error;
+pub mod events;
 mod faults;
 pub mod ops;
 pub mod patch;
@@ -53,7 +54,7 @@ pub mod registry;
 pub mod routes;
 pub mod schema;
 pub mod selectors;
-mod serve;
+pub(crate) mod serve;
 pub mod store;
 pub mod table;
 mod tokens;

@@ -400,6 +400,9 @@ fn validate_write(ctx: &Ctx, old: Option<&Value>, new: &mut Value, name: &str, t
         return Err(ApiError::invalid(def, name, causes));
     }
     kind_specific(def, old, new, ts, &mut causes);
+    if def.key() == (String::new(), "events".to_string()) {
+        causes.extend(super::events::validate(def, old, new));
+    }
     if let Some(schema) = ctx.schema() {
         let (pruned, mut c) = schema::process(new, &schema, old);
         causes.append(&mut c);

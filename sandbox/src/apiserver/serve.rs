@@ -13,9 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 /// A self-signed certificate for 127.0.0.1/localhost: (PEM certificate, acceptor).
 pub fn tls() -> std::io::Result<(String, TlsAcceptor)> {
+    tls_for(&["127.0.0.1".to_string(), "localhost".to_string()])
+}
+
+/// A self-signed certificate for `names` (DNS names or IP addresses): (PEM certificate, acceptor).
+pub fn tls_for(names: &[String]) -> std::io::Result<(String, TlsAcceptor)> {
     let err = |e: String| std::io::Error::other(e);
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .map_err(|e| err(e.to_string()))?;
+    let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| err(e.to_string()))?;
     let pem = ck.cert.pem();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -209,13 +209,65 @@ fn columns(def: &ResourceDef, version: &str) -> Vec<Column> {
             cols.push(col("Available", "integer", "", ".status.availableReplicas", "Available replicas"));
         }
         ("", "events") | ("events.k8s.io", "events") => {
-            cols.pop();
-            cols.push(col("Last Seen", "string", "", "#lastseen", "Time since the event was last observed"));
-            cols.push(col("Type", "string", "", ".type", "Type of this event (Normal, Warning)"));
-            cols.push(col("Reason", "string", "", ".reason", "Why the action was taken"));
-            cols.push(col("Object", "string", "", "#object", "The object this event is about"));
-            cols.push(col("Message", "string", "", "#message", "A human-readable description"));
-            return cols;
+            // kube-apiserver's Event printer, for both versions (it prints the internal form).
+            let wide = |mut c: Column| {
+                c.priority = 1;
+                c
+            };
+            return vec![
+                col(
+                    "Last Seen",
+                    "string",
+                    "",
+                    "#event:lastseen",
+                    "The time at which the most recent occurrence of this event was recorded.",
+                ),
+                col(
+                    "Type",
+                    "string",
+                    "",
+                    ".type",
+                    "Type of this event (Normal, Warning), new types could be added in the future",
+                ),
+                col(
+                    "Reason",
+                    "string",
+                    "",
+                    ".reason",
+                    "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+                ),
+                col("Object", "string", "", "#event:object", "The object that this event is about."),
+                wide(col(
+                    "Subobject",
+                    "string",
+                    "",
+                    "#event:subobject",
+                    "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement, such as desiredState.manifest.containers[2].",
+                )),
+                wide(col(
+                    "Source",
+                    "string",
+                    "",
+                    "#event:source",
+                    "The component reporting this event. Should be a short machine understandable string.",
+                )),
+                col(
+                    "Message",
+                    "string",
+                    "",
+                    "#event:message",
+                    "A human-readable description of the status of this operation.",
+                ),
+                wide(col(
+                    "First Seen",
+                    "string",
+                    "",
+                    "#event:firstseen",
+                    "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)",
+                )),
+                wide(col("Count", "string", "", "#event:count", "The number of times this event has occurred.")),
+                wide(col("Name", "string", "name", ".metadata.name", "Name must be unique within a namespace.")),
+            ];
         }
         ("coordination.k8s.io", "leases") => {
             cols.push(col("Holder", "string", "", ".spec.holderIdentity", "The holder of the lease"))
@@ -240,30 +292,8 @@ fn cell(obj: &Value, c: &Column) -> Value {
         let want = obj["spec"]["replicas"].as_i64().unwrap_or(1);
         return json!(format!("{ready}/{want}"));
     }
-    if c.path == "#lastseen" {
-        for p in [
-            ".series.lastObservedTime",
-            ".lastTimestamp",
-            ".deprecatedLastTimestamp",
-            ".eventTime",
-            ".metadata.creationTimestamp",
-        ] {
-            if let Some(v) = jsonpath(obj, p).first().filter(|v| v.is_string()) {
-                return age(v);
-            }
-        }
-        return json!("<unknown>");
-    }
-    if c.path == "#object" {
-        let r = if obj["involvedObject"].is_object() { &obj["involvedObject"] } else { &obj["regarding"] };
-        return json!(format!(
-            "{}/{}",
-            r["kind"].as_str().unwrap_or_default().to_lowercase(),
-            r["name"].as_str().unwrap_or_default()
-        ));
-    }
-    if c.path == "#message" {
-        return obj.get("message").or_else(|| obj.get("note")).cloned().unwrap_or(Value::Null);
+    if let Some(which) = c.path.strip_prefix("#event:") {
+        return event_cell(obj, which);
     }
     if c.path == "#created" {
         return obj["metadata"]["creationTimestamp"].clone();
@@ -280,6 +310,59 @@ fn cell(obj: &Value, c: &Column) -> Value {
             Value::Null => Value::Null,
             other => json!(other.to_string()),
         },
+    }
+}
+
+/// One cell of an Event's row, as kube-apiserver's printer computes it from either version:
+/// times from `lastTimestamp`/`firstTimestamp` when a core/v1 client set them, else from
+/// `eventTime`, and from `series` when the event repeated; the count 1 for a single event of the
+/// new API; the source from the reporting controller and instance when `source` is empty.
+fn event_cell(obj: &Value, which: &str) -> Value {
+    // the core/v1 field, else its events.k8s.io/v1 name
+    let field = |core: &str, v1: &str| -> Value {
+        let v = obj.get(core).filter(|v| !v.is_null()).or_else(|| obj.get(v1)).cloned().unwrap_or(Value::Null);
+        if v.as_str() == Some("") { Value::Null } else { v }
+    };
+    let since = |v: &Value| if v.is_string() { age(v) } else { json!("<unknown>") };
+    let first = match field("firstTimestamp", "deprecatedFirstTimestamp") {
+        Value::Null => since(&obj["eventTime"]),
+        t => since(&t),
+    };
+    let series = &obj["series"];
+    match which {
+        "lastseen" if series.is_object() => since(&series["lastObservedTime"]),
+        "lastseen" => match field("lastTimestamp", "deprecatedLastTimestamp") {
+            Value::Null => first,
+            t => since(&t),
+        },
+        "firstseen" => first,
+        "count" if series.is_object() => json!(series["count"].as_i64().unwrap_or(0)),
+        "count" => json!(field("count", "deprecatedCount").as_i64().filter(|c| *c != 0).unwrap_or(1)),
+        "object" | "subobject" => {
+            let r = field("involvedObject", "regarding");
+            let (kind, name) =
+                (r["kind"].as_str().unwrap_or_default().to_lowercase(), r["name"].as_str().unwrap_or(""));
+            match which {
+                "subobject" => json!(r["fieldPath"].as_str().unwrap_or_default()),
+                _ if name.is_empty() => json!(kind),
+                _ => json!(format!("{kind}/{name}")),
+            }
+        }
+        "source" => {
+            let source = field("source", "deprecatedSource");
+            let first_of = |a: &Value, b: Value| -> String {
+                a.as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .or_else(|| b.as_str().map(String::from))
+                    .unwrap_or_default()
+            };
+            let component = first_of(&source["component"], field("reportingComponent", "reportingController"));
+            let instance = first_of(&source["host"], field("reportingInstance", "reportingInstance"));
+            json!(if instance.is_empty() { component } else { format!("{component}, {instance}") })
+        }
+        "message" => json!(field("message", "note").as_str().unwrap_or_default().trim()),
+        _ => Value::Null,
     }
 }
 

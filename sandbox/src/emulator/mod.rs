@@ -196,6 +196,29 @@ impl Emulator {
     /// Binds `127.0.0.1:0` and serves until shut down.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        Ok(Self::serve(listener, config, None)?.0)
+    }
+
+    /// Binds `bind` (e.g. `0.0.0.0:0`) and serves, on one port, plain HTTP and HTTPS with a
+    /// self-signed certificate for `names` (the host names or IP addresses clients use): for
+    /// clients on other machines, such as a cluster's pods, which reach a Defender API over https
+    /// only. Returns the emulator and the certificate (PEM) for the clients to trust. `url()` is
+    /// then the bound address; clients use one of `names` with its port.
+    pub async fn start_public(
+        bind: SocketAddr,
+        names: &[String],
+        config: EmulatorConfig,
+    ) -> std::io::Result<(Emulator, String)> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let (emulator, pem) = Self::serve(listener, config, Some(names))?;
+        Ok((emulator, pem.unwrap_or_default()))
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        config: EmulatorConfig,
+        tls_names: Option<&[String]>,
+    ) -> std::io::Result<(Emulator, Option<String>)> {
         let addr = listener.local_addr()?;
         let now = Timestamp::now();
         let machines = machine_store::Machines::sandbox(&config, now);
@@ -216,11 +239,20 @@ impl Emulator {
         let router = axum::Router::new().fallback(http::handle).with_state(shared.clone());
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
-        });
+        let (task, pem) = match tls_names {
+            None => (
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+                }),
+                None,
+            ),
+            Some(names) => {
+                let (pem, acceptor) = crate::apiserver::serve::tls_for(names)?;
+                (tokio::spawn(crate::apiserver::serve::serve(listener, router, acceptor, stop)), Some(pem))
+            }
+        };
         let url = url::Url::parse(&format!("http://{addr}/")).expect("valid URL");
-        Ok(Emulator { shared, server: Arc::new(Server { url, cancel, task: Mutex::new(Some(task)) }) })
+        Ok((Emulator { shared, server: Arc::new(Server { url, cancel, task: Mutex::new(Some(task)) }) }, pem))
     }
 
     /// `http://127.0.0.1:PORT/`: both the login authority and the API base.
