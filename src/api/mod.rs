@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod duration;
 pub mod finding;
+pub mod outcome;
 pub mod partner;
 pub mod reason;
 
@@ -14,6 +15,7 @@ pub use partner::{
     Cloud, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy, IndicatorAction, PartnerState,
     Severity,
 };
+pub use outcome::{Detection, OutcomesReason, Readiness};
 pub use reason::{EventReason, FindingReason, Outlook, PartnerReason};
 
 pub const GROUP: &str = "detect.dev";

@@ -166,6 +166,8 @@ reasons! {
         /// A deleted partner's indicators were left in Defender (credentials unusable, or
         /// Defender unreachable for 10 minutes).
         IndicatorsNotWithdrawn => Retrying, "Delete them in the Defender portal (application `defender-operator`).";
+        /// A finding whose indicators were submitted reported PROTECTED (on the finding, Normal).
+        Protected => Fine, "—";
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod decide;
 mod finding;
+pub mod outcomes;
 pub(crate) mod partner;
 mod readable;
 mod status;

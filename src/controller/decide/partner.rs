@@ -349,6 +349,7 @@ fn attached(
             external: r.external,
         }),
         quota: report.filter(|r| r.ready).map(|r| TenantQuota { used: r.tenant_total, limit: r.tenant_cap }),
+        outcomes: report.and_then(|r| r.outcomes.as_ref()).and_then(|o| o.counts.clone()),
         ..status
     }
 }
@@ -425,6 +426,8 @@ pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (P
                     ),
                     Verdict::new(PERMISSIONS_GRANTED, true, Granted, permissions_message),
                     synced,
+                    // Never affects Ready.
+                    super::outcomes::available(sync.and_then(|r| r.outcomes.as_ref())),
                 ],
             )
         }
@@ -450,6 +453,7 @@ pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (P
                     credentials,
                     permissions,
                     Verdict::new(INDICATORS_SYNCED, false, Detached, "nothing is pushed while detached"),
+                    super::outcomes::not_attached(),
                 ],
             )
         }
