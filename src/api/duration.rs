@@ -111,6 +111,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bounds_name_the_field_and_format_goes_back_to_go_style() {
+        assert_eq!(parse_between("f", "5s", "5s", "24h"), Ok(Duration::from_secs(5)));
+        let under = parse_between("spec.correlation.interval", "1s", "5s", "24h").unwrap_err().to_string();
+        assert_eq!(under, "spec.correlation.interval: 1s is less than the minimum, 5s; set a longer duration");
+        assert!(parse_between("f", "25h", "5s", "24h").unwrap_err().to_string().contains("more than the maximum"));
+        for (seconds, text) in [(0, "0s"), (45, "45s"), (1385, "23m5s"), (93612, "26h0m12s")] {
+            assert_eq!(format(Duration::from_secs(seconds)), text);
+            assert_eq!(parse(text).unwrap(), Duration::from_secs(seconds), "{text} reads back");
+        }
+    }
+
+    #[test]
     fn parses_go_style_durations() {
         assert_eq!(parse("720h").unwrap(), Duration::from_secs(720 * 3600));
         assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));

@@ -610,6 +610,34 @@ mod tests {
         assert_eq!(credentials.status, "True");
     }
 
+    fn available() -> super::super::outcomes::CorrelationReport {
+        let state = super::super::outcomes::CorrelationState::Available;
+        super::super::outcomes::CorrelationReport { state, ..Default::default() }
+    }
+
+    #[test]
+    fn outcomes_available_never_affects_ready() {
+        let attached = Attachment::Attached { granted: vec!["Ti.ReadWrite.All".into()], missing_optional: vec![] };
+        let missing = super::super::outcomes::CorrelationState::MissingRoles(vec!["Machine.Read.All"]);
+        let report = super::super::outcomes::CorrelationReport { state: missing, ..Default::default() };
+        let sync = SyncReport { ready: true, outcomes: Some(report), ..Default::default() };
+        let (state, verdicts) = partner_conditions(&attached, Some(&sync));
+        let by_type = |t: &str| verdicts.iter().find(|v| v.type_ == t).unwrap().clone();
+        assert_eq!(state, PartnerState::Attached);
+        assert!(by_type(READY).status);
+        let outcomes = by_type(crate::api::outcome::OUTCOMES_AVAILABLE);
+        assert_eq!((outcomes.status, outcomes.reason), (false, "MissingPermission"));
+        let detached = Attachment::Detached {
+            reason: PartnerReason::InvalidSecret,
+            message: "m".into(),
+            credentials_ok: false,
+            permissions_ok: None,
+        };
+        let (_, verdicts) = partner_conditions(&detached, None);
+        let outcomes = verdicts.iter().find(|v| v.type_ == crate::api::outcome::OUTCOMES_AVAILABLE).unwrap();
+        assert!(outcomes.unknown && outcomes.reason == "NotAttached");
+    }
+
     #[test]
     fn partner_conditions_follow_the_verdict() {
         let (state, verdicts) = partner_conditions(
@@ -617,7 +645,7 @@ mod tests {
                 granted: vec!["Ti.ReadWrite.All".into()],
                 missing_optional: vec!["Alert.Read.All".into()],
             },
-            Some(&SyncReport { ready: true, submitted: 3, ..Default::default() }),
+            Some(&SyncReport { ready: true, submitted: 3, outcomes: Some(available()), ..Default::default() }),
         );
         assert_eq!(state, PartnerState::Attached);
         assert!(verdicts.iter().all(|v| v.status));
