@@ -971,7 +971,8 @@ async fn machine_tags_need_readwrite_and_a_case_sensitive_body() {
 async fn many_machines_are_tagged_in_one_call_all_or_nothing() {
     let emu = sandbox_with_machine_write().await;
     let token = good_token(&emu).await;
-    let (laptop, server) = (emu.machine_id(TENANT_ID, "laptop-7").unwrap(), emu.machine_id(TENANT_ID, "server-2").unwrap());
+    let (laptop, server) =
+        (emu.machine_id(TENANT_ID, "laptop-7").unwrap(), emu.machine_id(TENANT_ID, "server-2").unwrap());
     let path = "/api/machines/AddOrRemoveTagForMultipleMachines";
     let reader = token_for(&emu, TENANT_ID, MACHINE_ONLY_APP_ID, MACHINE_ONLY_APP_SECRET).await;
     let body = json!({"Value": "bas", "Action": "Add", "MachineIds": [laptop]});
@@ -982,7 +983,11 @@ async fn many_machines_are_tagged_in_one_call_all_or_nothing() {
         post(&emu, &token, path, &json!({"Value": "bas", "Action": "Add", "MachineIds": [laptop, unknown]})).await;
     assert_eq!(status, 404);
     assert!(body["error"]["message"].as_str().unwrap().contains(unknown), "{body}");
-    assert!(emu.machines(TENANT_ID).iter().all(|m| m["machineTags"].as_array().is_none_or(|t| t.is_empty() || t != &vec![json!("bas")])));
+    assert!(
+        emu.machines(TENANT_ID)
+            .iter()
+            .all(|m| m["machineTags"].as_array().is_none_or(|t| t.is_empty() || t != &vec![json!("bas")]))
+    );
 
     let (status, body) =
         post(&emu, &token, path, &json!({"Value": "bas", "Action": "Add", "MachineIds": [laptop, server]})).await;

@@ -11,11 +11,11 @@ pub use finding::{
     Delivery, DeliveryState, IndicatorSpec, IndicatorType, ProbeFinding, ProbeFindingSpec, ProbeFindingStatus,
     TestState,
 };
+pub use outcome::{Detection, OutcomesReason, Readiness};
 pub use partner::{
     Cloud, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy, IndicatorAction, PartnerState,
     Severity,
 };
-pub use outcome::{Detection, OutcomesReason, Readiness};
 pub use reason::{EventReason, FindingReason, Outlook, PartnerReason};
 
 pub const GROUP: &str = "detect.dev";

@@ -53,12 +53,7 @@ pub struct Correlation {
 
 impl Default for Correlation {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            alert_window: default_alert_window(),
-            interval: default_interval(),
-            machine_tag: None,
-        }
+        Self { enabled: true, alert_window: default_alert_window(), interval: default_interval(), machine_tag: None }
     }
 }
 

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::decide::outcomes::{
-    self as judge, Access, AlertBook, CorrelationReport, CorrelationState, EndpointKey, EndpointRef, Evaluation,
-    Fleet, Matched, Snapshot,
+    self as judge, Access, AlertBook, CorrelationReport, CorrelationState, EndpointKey, EndpointRef, Evaluation, Fleet,
+    Matched, Snapshot,
 };
 use super::decide::selects;
 use super::sync::Triggers;
@@ -100,7 +100,8 @@ pub fn spawn(
     triggers: Triggers,
 ) -> (Arc<Correlation>, JoinHandle<()>) {
     let shared = Arc::new(Correlation::default());
-    let correlator = Correlator { client, partner, findings, triggers, shared: shared.clone(), state: State::default() };
+    let correlator =
+        Correlator { client, partner, findings, triggers, shared: shared.clone(), state: State::default() };
     (shared, tokio::spawn(correlator.run()))
 }
 
@@ -190,9 +191,8 @@ impl Correlator {
             }
         };
         let token = self.client.token().await?;
-        let can_read = |role: &str| {
-            token.claims.has_role(role) || token.claims.has_role(&role.replace(".Read.", ".ReadWrite."))
-        };
+        let can_read =
+            |role: &str| token.claims.has_role(role) || token.claims.has_role(&role.replace(".Read.", ".ReadWrite."));
         let (machines_ok, alerts_ok) = (can_read(MACHINE_READ_ROLE), can_read(ALERT_READ_ROLE));
         let can_tag = token.claims.has_role(MACHINE_WRITE_ROLE);
         let mut changed = self.state.judged.as_ref() != Some(&(spec.clone(), machines_ok, alerts_ok));

@@ -58,11 +58,7 @@ pub struct Snapshot {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Self {
-            ready: false,
-            machines: Access::Granted(Arc::default()),
-            alerts: Access::Granted(Arc::default()),
-        }
+        Self { ready: false, machines: Access::Granted(Arc::default()), alerts: Access::Granted(Arc::default()) }
     }
 }
 
@@ -381,7 +377,9 @@ pub fn readiness(machine: &Machine, av: Option<&AvInfo>, now: Timestamp) -> (Rea
             None => {
                 return (
                     Readiness::Unknown,
-                    format!("antimalware client version {version:?} is unreadable: file indicators need 4.18.1901 or later"),
+                    format!(
+                        "antimalware client version {version:?} is unreadable: file indicators need 4.18.1901 or later"
+                    ),
                 );
             }
             Some(false) => {

@@ -90,11 +90,7 @@ fn matched_id(matched: Matched<'_>) -> Option<String> {
 #[test]
 fn hostnames_match_case_insensitively_and_a_short_name_matches_the_first_label() {
     let fleet = fleet(
-        vec![
-            machine("a", "laptop-7.contoso.com"),
-            machine("b", "server-2"),
-            machine("c", "laptop-70.contoso.com"),
-        ],
+        vec![machine("a", "laptop-7.contoso.com"), machine("b", "server-2"), machine("c", "laptop-70.contoso.com")],
         vec![],
     );
     let by = |host: &str| matched_id(match_machine(&endpoint(Some(host), None, None), &fleet));
@@ -137,7 +133,10 @@ fn of_two_machines_with_one_name_the_most_recently_seen_is_used_and_said() {
     let f = finding("UNPROTECTED", json!({"hostname": "laptop-7"}), now(), &[hash('a')]);
     let status = evaluate(&f, &Correlation::default(), &snapshot, now()).machine.unwrap();
     assert_eq!(status.id.as_deref(), Some("new"));
-    assert!(status.message.ends_with("2 machines match hostname laptop-7: the most recently seen is used"), "{status:?}");
+    assert!(
+        status.message.ends_with("2 machines match hostname laptop-7: the most recently seen is used"),
+        "{status:?}"
+    );
 }
 
 fn readiness_of(machine: &Machine, av: Option<&AvInfo>) -> (Readiness, String) {
@@ -271,10 +270,8 @@ fn only_alerts_on_the_machine_with_the_hash_inside_the_window_count() {
         let (found, refs) = detection(TestState::Unprotected, Some(&window), &h, Some(&laptop), &access);
         assert_eq!((found, refs.len()), (Detection::NotDetected, 0), "an alert {why} does not count");
     }
-    let edges = [
-        alert("start", "m", at(-600), &hash('a'), "Detected"),
-        alert("end", "m", at(7200), &hash('a'), "Prevented"),
-    ];
+    let edges =
+        [alert("start", "m", at(-600), &hash('a'), "Detected"), alert("end", "m", at(7200), &hash('a'), "Prevented")];
     let access = Access::Granted(Arc::new(book(&edges, polled_after)));
     let (found, refs) = detection(TestState::Unprotected, Some(&window), &h, Some(&laptop), &access);
     assert_eq!(found, Detection::Detected);
@@ -282,7 +279,8 @@ fn only_alerts_on_the_machine_with_the_hash_inside_the_window_count() {
 
     // SHA-1 evidence counts for a FileSha1 indicator; at most five are listed.
     let sha1 = "c".repeat(40);
-    let mut many: Vec<Alert> = (0..7).map(|i| alert(&format!("a{i}"), "m", at(i * 60), &hash('z'), "Detected")).collect();
+    let mut many: Vec<Alert> =
+        (0..7).map(|i| alert(&format!("a{i}"), "m", at(i * 60), &hash('z'), "Detected")).collect();
     for alert in &mut many {
         alert.evidence[0].sha1 = Some(sha1.to_uppercase());
     }
@@ -397,7 +395,10 @@ fn the_best_outcome_over_partners_and_the_counts() {
     assert_eq!(best(&[with(None)]), None);
     let deliveries = [with(Some(Detection::Pending)), with(Some(Detection::Detected)), with(None)];
     assert_eq!(best(&deliveries), Some(Detection::Detected));
-    assert_eq!(best(&[with(Some(Detection::Unknown)), with(Some(Detection::NotDetected))]), Some(Detection::NotDetected));
+    assert_eq!(
+        best(&[with(Some(Detection::Unknown)), with(Some(Detection::NotDetected))]),
+        Some(Detection::NotDetected)
+    );
     assert_eq!(best(&[with(Some(Detection::Detected)), with(Some(Detection::Prevented))]), Some(Detection::Prevented));
     let counts = count([
         Detection::Prevented,
@@ -448,10 +449,7 @@ fn time_to_protect_is_set_once_when_an_unprotected_finding_turns_protected() {
         time_to_protect: Some("22m0s".into()),
         ..Default::default()
     };
-    assert_eq!(
-        protection(&set, TestState::Unprotected, None, &[], at(999)),
-        Some((Time(at(-5)), "22m0s".to_string()))
-    );
+    assert_eq!(protection(&set, TestState::Unprotected, None, &[], at(999)), Some((Time(at(-5)), "22m0s".to_string())));
 }
 
 #[test]
@@ -475,7 +473,10 @@ fn outcomes_available_says_what_is_missing_and_never_touches_ready() {
     assert_eq!((failed.status, failed.reason), (false, "ReadFailed"));
     let reading = available(Some(&report(CorrelationState::Reading)));
     assert!(reading.unknown && reading.reason == "Reading");
-    let tagged = CorrelationReport { tag_problem: Some("machineTag \"bas\" is not added".into()), ..report(CorrelationState::Available) };
+    let tagged = CorrelationReport {
+        tag_problem: Some("machineTag \"bas\" is not added".into()),
+        ..report(CorrelationState::Available)
+    };
     assert!(available(Some(&tagged)).message.ends_with("machineTag \"bas\" is not added"));
     let detached = not_attached();
     assert!(detached.unknown && detached.reason == "NotAttached");
