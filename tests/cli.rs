@@ -104,3 +104,29 @@ async fn attach_list_suspend_and_detach_a_partner() {
     assert_eq!(other.status.unwrap().state, Some(PartnerState::Detached));
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+/// `sandbox --demo` converges, showing every outcome and a time to protect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_every_outcome_and_a_time_to_protect() {
+    let kubeconfig = std::env::temp_dir().join(format!("defender-operator-demo-{}.kubeconfig", std::process::id()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-operator"))
+        .args(["sandbox", "--demo", "--timeout", "90s", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("the binary runs");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}{}", String::from_utf8_lossy(&output.stderr));
+    let last = out.rsplit("NAMESPACE                FINDING").next().unwrap();
+    for outcome in ["Prevented", "Detected", "NotDetected", "Pending", "Unknown"] {
+        assert!(last.contains(&format!(" {outcome} ")), "{outcome} missing in:\n{last}");
+    }
+    for readiness in ["Ready", "PassiveMode", "NotFound"] {
+        assert!(last.contains(readiness), "{readiness} missing in:\n{last}");
+    }
+    assert!(last.contains("default/office-macro-laptop-7: PROTECTED at"), "{last}");
+    assert!(out.contains("converged:"), "{out}");
+    let _ = std::fs::remove_file(kubeconfig);
+}
