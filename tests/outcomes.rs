@@ -154,7 +154,7 @@ async fn every_detection_value_and_the_partner_counts() {
     let (prevented, detected, missed, pending, unknown) = (sha256(1), sha256(2), sha256(3), sha256(4), sha256(5));
     world.defender.run_test(sv::TENANT_ID, TestRun::new("laptop-7", &detected, TestOutcome::Detected));
     world.finding(NS, "prevented", &[prevented], json!({"state": "PROTECTED"})).await;
-    world.finding(NS, "detected", &[detected.clone()], json!({"state": "UNPROTECTED"})).await;
+    world.finding(NS, "detected", std::slice::from_ref(&detected), json!({"state": "UNPROTECTED"})).await;
     // Observed three hours ago: its two-hour window is over.
     world.finding(NS, "missed", &[missed], json!({"state": "UNPROTECTED", "observedTime": ago(180)})).await;
     world
@@ -199,14 +199,19 @@ async fn alerts_count_only_on_the_machine_with_the_hash_inside_the_window() {
     world.attached_partner(NS, "defender", fast()).await;
     let hashes: Vec<String> = (10..16).map(sha256).collect();
     let [late, elsewhere, other_hash, after_window, protected, control] = hashes.clone().try_into().unwrap();
-    world.finding(NS, "late", &[late.clone()], json!({"state": "UNPROTECTED"})).await;
-    world.finding(NS, "elsewhere", &[elsewhere.clone()], json!({"state": "UNPROTECTED"})).await;
+    world.finding(NS, "late", std::slice::from_ref(&late), json!({"state": "UNPROTECTED"})).await;
+    world.finding(NS, "elsewhere", std::slice::from_ref(&elsewhere), json!({"state": "UNPROTECTED"})).await;
     world.finding(NS, "other-hash", &[other_hash], json!({"state": "UNPROTECTED"})).await;
     world
-        .finding(NS, "after-window", &[after_window.clone()], json!({"state": "UNPROTECTED", "observedTime": ago(180)}))
+        .finding(
+            NS,
+            "after-window",
+            std::slice::from_ref(&after_window),
+            json!({"state": "UNPROTECTED", "observedTime": ago(180)}),
+        )
         .await;
-    world.finding(NS, "protected", &[protected.clone()], json!({"state": "PROTECTED"})).await;
-    world.finding(NS, "control", &[control.clone()], json!({"state": "UNPROTECTED"})).await;
+    world.finding(NS, "protected", std::slice::from_ref(&protected), json!({"state": "PROTECTED"})).await;
+    world.finding(NS, "control", std::slice::from_ref(&control), json!({"state": "UNPROTECTED"})).await;
     for name in ["late", "elsewhere", "other-hash", "control"] {
         until_detection(&world, name, Detection::Pending).await;
     }

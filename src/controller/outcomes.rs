@@ -315,14 +315,12 @@ impl Correlator {
     /// anything changed.
     async fn look_up(&mut self, keys: &BTreeSet<EndpointKey>) -> Result<bool, DefenderError> {
         let mut changed = false;
-        let mut this_round = 0;
         self.state.more_lookups = false;
-        for key in keys {
+        for (this_round, key) in keys.iter().enumerate() {
             if this_round >= LOOKUPS_PER_ROUND || self.state.looked_up >= LOOKUPS_PER_LIST {
                 self.state.more_lookups = self.state.looked_up < LOOKUPS_PER_LIST;
                 break;
             }
-            this_round += 1;
             self.state.looked_up += 1;
             let (found, endpoint): (Vec<Machine>, EndpointRef) = match key {
                 EndpointKey::Id(id) => (

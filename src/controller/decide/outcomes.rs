@@ -461,7 +461,7 @@ impl AlertBook {
         };
         if let Some(previous) = self.machine_of.get(&alert.id).cloned() {
             let list = self.by_machine.entry(previous.clone()).or_default();
-            if previous == machine && list.iter().any(|a| *a == summary) {
+            if previous == machine && list.contains(&summary) {
                 return false;
             }
             list.retain(|a| a.id != alert.id);
