@@ -60,6 +60,8 @@ async fn kubectl_applies_the_examples_and_sees_them_converge() {
     }
     assert!(out.contains("Attached") && out.contains("InvalidSecret"), "{out}");
     assert!(out.contains("UNPROTECTED") && out.contains("1/1"), "{out}");
+    let findings_header = out.lines().find(|l| l.starts_with("NAMESPACE") && l.contains("TEST")).unwrap_or_default();
+    assert!(findings_header.contains("OUTCOME"), "printer column OUTCOME missing: {out}");
 
     let kc = kubeconfig.clone();
     let (ok, out) = tokio::task::spawn_blocking(move || {

@@ -502,3 +502,45 @@ async fn correlation_can_be_turned_off() {
     assert!(find(&partner.status.unwrap().conditions, READY).is_some_and(|c| c.status == "True"));
     assert_eq!(calls_to(&world, &READS), 0);
 }
+
+#[tokio::test]
+async fn a_restart_reads_once_again_and_rewrites_no_outcome() {
+    let mut world = world().await;
+    world.attached_partner(NS, "defender", fast()).await;
+    world.defender.run_test(sv::TENANT_ID, TestRun::new("laptop-7", &sha256(1), TestOutcome::Detected));
+    world.finding(NS, "detected", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    world.finding(NS, "missed", &[sha256(2)], json!({"state": "UNPROTECTED", "observedTime": ago(180)})).await;
+    world
+        .finding(NS, "pending", &[sha256(3)], json!({"state": "UNPROTECTED", "endpoint": {"hostname": "laptop-9"}}))
+        .await;
+    until_detection(&world, "detected", Detection::Detected).await;
+    until_detection(&world, "missed", Detection::NotDetected).await;
+    until_detection(&world, "pending", Detection::Pending).await;
+    let partner = world
+        .wait_for(NS, "defender", WAIT, |p: &DefenderPartner| {
+            p.status.as_ref().and_then(|s| s.outcomes.as_ref()).is_some_and(|o| o.detected == 1 && o.pending == 1)
+        })
+        .await
+        .unwrap();
+    let api: Api<ProbeFinding> = Api::namespaced(world.admin.clone(), NS);
+    let versions = |list: Vec<ProbeFinding>| -> Vec<Option<String>> {
+        list.into_iter().map(|f| f.metadata.resource_version).collect()
+    };
+    let before = versions(api.list(&ListParams::default()).await.unwrap().items);
+
+    world.operator.take().unwrap().stop().await;
+    world.defender.clear_calls();
+    world.operator = Some(world.start_operator());
+    eventually("machines, antivirus health and alerts read again", WAIT, || {
+        [Endpoint::Machines, Endpoint::DeviceAvInfo, Endpoint::Alerts].iter().all(|e| calls_to(&world, &[*e]) == 1)
+    })
+    .await;
+    // Another poll, judged like the first.
+    eventually("another poll", WAIT, || calls_to(&world, &[Endpoint::Alerts]) >= 2).await;
+    assert_eq!(versions(api.list(&ListParams::default()).await.unwrap().items), before, "no finding status written");
+    let after: DefenderPartner = Api::namespaced(world.admin.clone(), NS).get("defender").await.unwrap();
+    let condition = |p: &DefenderPartner| find(&p.status.as_ref().unwrap().conditions, OUTCOMES_AVAILABLE).cloned();
+    assert_eq!(condition(&after), condition(&partner), "OutcomesAvailable kept, with its transition time");
+    assert_eq!(after.status.unwrap().outcomes, partner.status.unwrap().outcomes);
+    assert_eq!(calls_to(&world, &[Endpoint::Machines, Endpoint::DeviceAvInfo]), 2, "listed once");
+}

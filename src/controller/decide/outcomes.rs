@@ -19,6 +19,7 @@ use crate::api::finding::ProbeFindingStatus;
 use crate::api::outcome::{
     AlertRef, Correlation, MAX_ALERTS, MachineStatus, OUTCOMES_AVAILABLE, OutcomeCounts, OutcomesReason,
 };
+use crate::api::partner::DefenderPartnerStatus;
 use crate::api::{Delivery, DeliveryState, Detection, IndicatorType, ProbeFinding, Readiness, TestState};
 use crate::defender::outcomes::{Alert, AvInfo, Machine};
 use crate::defender::{ALERT_READ_ROLE, MACHINE_READ_ROLE};
@@ -832,6 +833,37 @@ pub fn available(report: Option<&CorrelationReport>) -> Verdict {
                 report.interval
             ),
         ),
+    }
+}
+
+/// While the engine's first reads are under way (after a restart), an attached partner keeps what
+/// its status said of outcomes — the `OutcomesAvailable` condition and the counts — rather than
+/// flipping to `Reading` and back.
+pub fn keep_while_reading(
+    verdicts: &mut [Verdict],
+    counts: &mut Option<OutcomeCounts>,
+    report: Option<&CorrelationReport>,
+    previous: &DefenderPartnerStatus,
+) {
+    if !report.is_none_or(|r| r.state == CorrelationState::Reading) {
+        return;
+    }
+    let Some(kept) = crate::api::conditions::find(&previous.conditions, OUTCOMES_AVAILABLE) else { return };
+    let Some(reason) = OutcomesReason::parse(&kept.reason) else { return };
+    if reason == OutcomesReason::NotAttached {
+        return;
+    }
+    for verdict in verdicts.iter_mut().filter(|v| v.type_ == OUTCOMES_AVAILABLE) {
+        *verdict = Verdict {
+            type_: OUTCOMES_AVAILABLE,
+            status: kept.status == "True",
+            unknown: kept.status == "Unknown",
+            reason: reason.as_str(),
+            message: kept.message.clone(),
+        };
+    }
+    if counts.is_none() {
+        counts.clone_from(&previous.outcomes);
     }
 }
 

@@ -319,13 +319,16 @@ fn attached(
         status.missing_permissions = validation.missing_optional.clone();
         status.last_validated_time = Some(now.clone());
     }
-    let (state, verdicts) = partner_conditions(
+    let (state, mut verdicts) = partner_conditions(
         &Attachment::Attached {
             granted: status.granted_permissions.clone(),
             missing_optional: status.missing_permissions.clone(),
         },
         report,
     );
+    let correlation = report.and_then(|r| r.outcomes.as_ref());
+    let mut outcomes = correlation.and_then(|o| o.counts.clone());
+    super::outcomes::keep_while_reading(&mut verdicts, &mut outcomes, correlation, previous);
     DefenderPartnerStatus {
         state: Some(state),
         reason: Some(PartnerReason::Attached.to_string()),
@@ -349,7 +352,7 @@ fn attached(
             external: r.external,
         }),
         quota: report.filter(|r| r.ready).map(|r| TenantQuota { used: r.tenant_total, limit: r.tenant_cap }),
-        outcomes: report.and_then(|r| r.outcomes.as_ref()).and_then(|o| o.counts.clone()),
+        outcomes,
         ..status
     }
 }

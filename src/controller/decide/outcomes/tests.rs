@@ -481,3 +481,38 @@ fn outcomes_available_says_what_is_missing_and_never_touches_ready() {
     let detached = not_attached();
     assert!(detached.unknown && detached.reason == "NotAttached");
 }
+
+#[test]
+fn a_restarted_engine_keeps_what_the_partner_said_until_it_has_read() {
+    let reading = CorrelationReport { state: CorrelationState::Reading, ..Default::default() };
+    let before = crate::api::conditions::merge(
+        &[],
+        &[available(Some(&CorrelationReport {
+            state: CorrelationState::Available,
+            interval: "5m".into(),
+            ..Default::default()
+        }))],
+        Some(1),
+        &Time(now()),
+    );
+    let previous = DefenderPartnerStatus {
+        conditions: before.clone(),
+        outcomes: Some(OutcomeCounts { pending: 3, ..Default::default() }),
+        ..Default::default()
+    };
+    let mut verdicts = vec![available(Some(&reading))];
+    let mut counts = None;
+    keep_while_reading(&mut verdicts, &mut counts, Some(&reading), &previous);
+    let merged = crate::api::conditions::merge(&before, &verdicts, Some(1), &Time(at(60)));
+    assert_eq!(merged, before, "nothing to write");
+    assert_eq!(counts, previous.outcomes);
+    // Once read, the engine's word counts.
+    let read = CorrelationReport { state: CorrelationState::Disabled, ..Default::default() };
+    let mut verdicts = vec![available(Some(&read))];
+    keep_while_reading(&mut verdicts, &mut None, Some(&read), &previous);
+    assert_eq!(verdicts[0].reason, "Disabled");
+    // Nothing said before: Reading.
+    let mut verdicts = vec![available(Some(&reading))];
+    keep_while_reading(&mut verdicts, &mut None, Some(&reading), &DefenderPartnerStatus::default());
+    assert_eq!(verdicts[0].reason, "Reading");
+}
