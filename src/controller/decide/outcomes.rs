@@ -33,13 +33,12 @@ pub const INACTIVE_AFTER: SignedDuration = SignedDuration::from_hours(7 * 24);
 pub const MIN_PLATFORM: [u64; 3] = [4, 18, 1901];
 
 /// What the API cannot show, so `Ready` cannot check it, by operating system.
-const UNSEEN_WINDOWS: &str = "not shown by the API, so not checked: cloud-delivered protection and its connectivity, \
-     behaviour monitoring, file hash computation, and the tenant's \"Allow or block file\" setting";
-const UNSEEN_MAC: &str = "not shown by the API, so not checked: file hash computation (mdatp config \
-     enable-file-hash-computation), cloud-delivered protection, behaviour monitoring, and the tenant's \"Allow or \
-     block file\" setting";
-const UNSEEN_LINUX: &str = "not shown by the API, so not checked: Defender for Endpoint 101.85.27 or later, file \
-     hash computation, behaviour monitoring, and the tenant's \"Allow or block file\" setting";
+const UNSEEN_WINDOWS: &str =
+    "not visible to the API: cloud protection, behaviour monitoring, file hash computation, \"Allow or block file\"";
+const UNSEEN_MAC: &str = "not visible to the API: file hash computation (mdatp config enable-file-hash-computation), \
+     cloud protection, behaviour monitoring, \"Allow or block file\"";
+const UNSEEN_LINUX: &str = "not visible to the API: version 101.85.27 or later, file hash computation, behaviour \
+     monitoring, \"Allow or block file\"";
 
 /// Something the correlation could not read because a role is missing (the role's name).
 #[derive(Clone, Debug, PartialEq)]
@@ -392,15 +391,12 @@ pub fn readiness(machine: &Machine, av: Option<&AvInfo>, now: Timestamp) -> (Rea
             Some(true) => {
                 return (
                     Readiness::Ready,
-                    format!(
-                        "onboarded and active, Microsoft Defender Antivirus in active mode, antimalware client \
-                         {version}; {UNSEEN_WINDOWS}"
-                    ),
+                    format!("onboarded, active, Defender Antivirus active, client {version}; {UNSEEN_WINDOWS}"),
                 );
             }
         }
     };
-    (Readiness::Ready, format!("onboarded and active, Microsoft Defender Antivirus in active mode; {unseen}"))
+    (Readiness::Ready, format!("onboarded, active, Defender Antivirus active; {unseen}"))
 }
 
 /// One alert as the book keeps it: what a delivery shows, and the hashes its evidence holds.

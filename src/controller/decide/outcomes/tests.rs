@@ -149,7 +149,7 @@ fn every_readiness_value_names_the_prerequisite() {
     let good = av("m", "0", "4.18.2206.108");
     let (readiness, message) = readiness_of(&ready, Some(&good));
     assert_eq!(readiness, Readiness::Ready);
-    for unseen in ["cloud-delivered protection", "\"Allow or block file\"", "4.18.2206.108"] {
+    for unseen in ["cloud protection", "\"Allow or block file\"", "4.18.2206.108"] {
         assert!(message.contains(unseen), "Ready names {unseen}: {message}");
     }
 
