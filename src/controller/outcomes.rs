@@ -98,10 +98,11 @@ pub fn spawn(
     partner: watch::Receiver<Arc<DefenderPartner>>,
     findings: Store<ProbeFinding>,
     triggers: Triggers,
+    indicators_read: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> (Arc<Correlation>, JoinHandle<()>) {
     let shared = Arc::new(Correlation::default());
-    let correlator =
-        Correlator { client, partner, findings, triggers, shared: shared.clone(), state: State::default() };
+    let state = State::default();
+    let correlator = Correlator { client, partner, findings, triggers, shared: shared.clone(), state, indicators_read };
     (shared, tokio::spawn(correlator.run()))
 }
 
@@ -112,6 +113,8 @@ struct Correlator {
     triggers: Triggers,
     shared: Arc<Correlation>,
     state: State,
+    /// Whether the engine has read Defender's indicators: they come first after a start.
+    indicators_read: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 #[derive(Default)]
@@ -149,6 +152,11 @@ impl Correlator {
     async fn run(mut self) {
         let marker = self.partner.borrow().owner_marker();
         super::synced(&self.findings).await;
+        // The indicators first: they are what the partner is for, and one large read at a time
+        // keeps a start's memory down.
+        while !(self.indicators_read)() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         debug!(partner = %marker, "outcome correlation started");
         loop {
             let partner = self.partner.borrow().clone();

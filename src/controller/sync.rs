@@ -161,8 +161,17 @@ impl Engines {
         let (partner_tx, partner_rx) = watch::channel(partner);
         let view = Arc::new(Mutex::new(View::default()));
         let wake = Arc::new(Notify::new());
-        let (correlation, correlator) =
-            super::outcomes::spawn(client.clone(), partner_rx.clone(), findings.clone(), triggers.clone());
+        let indicators_read = {
+            let view = view.clone();
+            Box::new(move || view.lock().unwrap().ready)
+        };
+        let (correlation, correlator) = super::outcomes::spawn(
+            client.clone(),
+            partner_rx.clone(),
+            findings.clone(),
+            triggers.clone(),
+            indicators_read,
+        );
         let worker =
             Worker { client, partner: partner_rx, findings, view: view.clone(), wake: wake.clone(), triggers, config };
         let task = tokio::spawn(worker.run());

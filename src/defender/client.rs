@@ -145,11 +145,11 @@ pub(super) fn encode_query_value(v: &str) -> String {
 }
 
 #[derive(Deserialize)]
-pub(super) struct Page {
+struct Page {
     #[serde(default)]
-    pub(super) value: Option<Vec<serde_json::Value>>,
+    value: Option<Vec<serde_json::Value>>,
     #[serde(default, rename = "@odata.nextLink")]
-    pub(super) next_link: Option<String>,
+    next_link: Option<String>,
 }
 
 #[derive(Deserialize)]
