@@ -101,12 +101,23 @@ async fn partner_with_app(world: &World, name: &str, client_id: &str, secret: &s
     world.attached(NS, name).await
 }
 
+async fn outcomes_available(world: &World, partner: &str) {
+    world
+        .wait_for(NS, partner, WAIT, |p: &DefenderPartner| {
+            p.status.as_ref().and_then(|s| find(&s.conditions, OUTCOMES_AVAILABLE)).is_some_and(|c| c.status == "True")
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn every_readiness_value_with_the_prerequisite_it_misses() {
     let world = world().await;
     // Added before the partner: in the machine list its engine reads first.
     world.defender.put_machine(sv::TENANT_ID, MachineSpec::new("edr-3.contoso.onmicrosoft.com").av(None));
     world.attached_partner(NS, "defender", fast()).await;
+    // The findings come after the machine list: an endpoint it lacks is looked up.
+    outcomes_available(&world, "defender").await;
     let cases = [
         ("laptop-7", Readiness::Ready, "\"Allow or block file\""),
         ("laptop-9", Readiness::PassiveMode, "passive mode"),
@@ -265,7 +276,8 @@ async fn without_the_roles_the_partner_stays_attached_and_outcomes_are_unknown()
     }
 
     let finding = until(&world, "ti-only", "no machine role", |d| {
-        d.machine.as_ref().is_some_and(|m| m.message.starts_with("Machine.Read.All is not granted"))
+        d.state == defender_operator::api::DeliveryState::Submitted
+            && d.machine.as_ref().is_some_and(|m| m.message.starts_with("Machine.Read.All is not granted"))
     })
     .await;
     let delivery = delivery(&finding).unwrap();

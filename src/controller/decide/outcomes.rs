@@ -658,10 +658,14 @@ pub fn evaluate(finding: &ProbeFinding, correlation: &Correlation, snapshot: &Sn
 
 /// The keys of an endpoint the machine list lacks that are worth a look-up: none when the list
 /// was read after the finding was created (it would have had the machine), else those not
-/// looked up since the list.
+/// looked up since the list. A creation time has whole seconds: within the second of the list,
+/// the finding may be the newer.
 pub fn unseen(finding: &ProbeFinding, keys: &[EndpointKey], fleet: &Fleet) -> Vec<EndpointKey> {
     let created = finding.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    if matches!((fleet.listed_at, created), (Some(listed), Some(created)) if created <= listed) {
+    let older = |listed: Timestamp, created: Timestamp| {
+        created.checked_add(SignedDuration::from_secs(1)).is_ok_and(|created| created <= listed)
+    };
+    if matches!((fleet.listed_at, created), (Some(listed), Some(created)) if older(listed, created)) {
         return Vec::new();
     }
     keys.iter().filter(|k| !fleet.not_found.contains(*k)).cloned().collect()

@@ -372,6 +372,12 @@ fn an_unknown_endpoint_is_looked_up_once_when_the_finding_is_newer_than_the_list
     let evaluation = evaluate(&f, &correlation("2h"), &snapshot(fleet.clone(), AlertBook::default()), now());
     assert_eq!(evaluation.machine.unwrap().readiness, Readiness::NotFound);
     assert!(evaluation.unseen.is_empty());
+    // Created in the second the list was read (creation times have whole seconds): looked up.
+    let mut same_second = fleet.clone();
+    same_second.not_found.clear();
+    same_second.listed_at = Some(Timestamp::from_millisecond((NOW - 3600) * 1000 + 700).unwrap());
+    f.metadata.creation_timestamp = Some(Time(at(-3600)));
+    assert_eq!(evaluate(&f, &correlation("2h"), &snapshot(same_second, AlertBook::default()), now()).unseen.len(), 2);
     // Found by the look-up.
     assert!(fleet.upsert_all(vec![machine("k", "kiosk-99.contoso.com")]));
     assert!(!fleet.upsert_all(vec![machine("k", "kiosk-99.contoso.com")]), "nothing new");
