@@ -48,6 +48,8 @@ async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let findings: usize = std::env::var("BENCH_FINDINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let singles: usize = std::env::var("BENCH_SINGLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    // `BENCH_CORRELATION=0`: the partner's correlation off, no correlation phase (to compare).
+    let correlation = std::env::var("BENCH_CORRELATION").map_or(true, |v| v != "0");
     let dir = tempdir()?;
     if let Ok(filter) = std::env::var("BENCH_SANDBOX_LOG") {
         // The sandbox's own log (API server, emulator), beside the operators' logs.
@@ -67,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..MACHINES {
         sandbox.defender.put_machine(sv::TENANT_ID, MachineSpec::new(&format!("host-{i}.bench.contoso.com")));
     }
-    setup_partner(&sandbox).await?;
+    setup_partner(&sandbox, correlation).await?;
     // Every finding was observed a minute before the run started; the correlation phase closes
     // their alert windows (alertWindow) just after its alerts.
     let observed = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(1);
@@ -75,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics_port = free_port()?;
     println!("operator logs: {}/operator-*.log (BENCH_OPERATOR_LOG sets RUST_LOG)", dir.display());
     let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port, &dir.join("operator-1.log"))?;
-    wait_attached(&sandbox).await?;
+    wait_attached(&sandbox, correlation).await?;
     sandbox.defender.clear_calls();
     let kube_before = kube_requests(metrics_port).await?;
 
@@ -97,7 +99,9 @@ async fn main() -> anyhow::Result<()> {
     wait_steady_after_restart(&sandbox, metrics_port, findings).await?;
     let restart_converge = restarted.elapsed();
     // The restarted engine's correlation reads machines, antivirus health and alerts once again.
-    wait_correlation_reads(&sandbox).await?;
+    if correlation {
+        wait_correlation_reads(&sandbox).await?;
+    }
     let restart_calls = calls_by_endpoint(&sandbox);
     let restart_rss = peak_rss_mib(&operator)?;
     let restart_kube_requests = kube_requests(metrics_port).await?;
@@ -131,33 +135,12 @@ async fn main() -> anyhow::Result<()> {
     // Correlation: the findings' windows close a few seconds from now; 1,000 of the tests raise
     // an alert on their machine now. Every finding must settle: Detected or NotDetected.
     let total = findings + singles;
-    sandbox.defender.clear_calls();
-    let kube_before = kube_requests(metrics_port).await?;
-    let window = (jiff::Timestamp::now().as_second() - observed.as_second()) + 5;
-    let partners: Api<DefenderPartner> = Api::namespaced(sandbox.admin.clone(), "default");
-    let window = json!({"spec": {"correlation": {"alertWindow": format!("{window}s")}}});
-    partners.patch("defender", &PatchParams::default(), &Patch::Merge(&window)).await?;
     let alerted = ALERTS.min(findings);
-    // Watched rather than listed: listing 10,000 findings every second would load the 2 cores
-    // being measured.
-    let settling = tokio::spawn(watch_until_settled(sandbox.admin.clone(), alerted, total));
-    let alerts_created = Instant::now();
-    for i in 0..alerted {
-        let run = TestRun::new(&format!("host-{}", i % MACHINES), &sha256(i), TestOutcome::Detected);
-        sandbox.defender.run_test(sv::TENANT_ID, run);
-    }
-    let settled = tokio::time::timeout(Duration::from_secs(300), settling)
-        .await
-        .context("findings not settled within 300 s")???;
-    let polls = sandbox.defender.calls().iter().filter(|c| c.endpoint == Endpoint::Alerts).count();
-    let settled = Settled { polls, ..settled };
-    let outcome_settle = settled.at.duration_since(alerts_created);
-    let correlation_calls = calls_by_endpoint(&sandbox);
-    let correlation_read_calls: u64 =
-        CORRELATION_READS.iter().map(|e| correlation_calls.get(&format!("{e:?}")).copied().unwrap_or(0)).sum();
-    let correlation_kube_requests = kube_requests(metrics_port).await? - kube_before;
-    let counts = wait_partner_counts(&sandbox, alerted, total - alerted).await?;
-    let correlation_rss = peak_rss_mib(&operator)?;
+    let figures = if correlation {
+        Some(correlation_phase(&sandbox, &operator, metrics_port, observed, alerted, total).await?)
+    } else {
+        None
+    };
     operator.kill_and_wait()?;
 
     let naive = naive_seconds(findings, &limits);
@@ -194,16 +177,19 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<44} {:>10.1} MiB", "restart: operator peak RSS", restart_rss);
     println!("{:<44} {:>11.0} ms", format!("single finding p99 (of {singles})"), p99.as_secs_f64() * 1000.0);
     println!("{:<44} {:>13.0}s", "naive baseline (one submit per indicator)", naive);
-    println!("{:<44} {:>14}", "correlation: findings / machines / alerts", format!("{total}/{MACHINES}/{alerted}"));
-    println!("{:<44} {:>13.1}s", format!("correlation: settled (interval {INTERVAL:?})"), outcome_settle.as_secs_f64());
-    println!("{:<44} {:>14}", "correlation: alert polls until settled", settled.polls);
-    println!("{:<44} {:>14}", "correlation: Defender read calls", correlation_read_calls);
-    for (endpoint, count) in &correlation_calls {
-        println!("  {:<42} {:>14}", endpoint, count);
+    if let Some(f) = &figures {
+        println!("{:<44} {:>14}", "correlation: findings / machines / alerts", format!("{total}/{MACHINES}/{alerted}"));
+        let settled = format!("correlation: settled (interval {INTERVAL:?})");
+        println!("{:<44} {:>13.1}s", settled, f.outcome_settle.as_secs_f64());
+        println!("{:<44} {:>14}", "correlation: alert polls until settled", f.settled.polls);
+        println!("{:<44} {:>14}", "correlation: Defender read calls", f.read_calls);
+        for (endpoint, count) in &f.calls {
+            println!("  {:<42} {:>14}", endpoint, count);
+        }
+        println!("{:<44} {:>14}", "correlation: Kubernetes API requests", f.kube_requests);
+        println!("{:<44} {:>14}", "correlation: partner outcomes", f.counts);
+        println!("{:<44} {:>10.1} MiB", "correlation: operator peak RSS (restarted)", f.rss);
     }
-    println!("{:<44} {:>14}", "correlation: Kubernetes API requests", correlation_kube_requests);
-    println!("{:<44} {:>14}", "correlation: partner outcomes", counts);
-    println!("{:<44} {:>10.1} MiB", "correlation: operator peak RSS (restarted)", correlation_rss);
     println!(
         "{}",
         json!({
@@ -224,15 +210,16 @@ async fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|e| restart_calls.get(&format!("{e:?}")).copied().unwrap_or(0))
                 .sum::<u64>(),
-            "correlation_findings": total,
+            "correlation": correlation,
+            "correlation_findings": figures.as_ref().map(|_| total),
             "correlation_machines": MACHINES,
-            "correlation_alerts": alerted,
+            "correlation_alerts": figures.as_ref().map(|_| alerted),
             "correlation_interval_s": INTERVAL.as_secs(),
-            "outcome_settle_s": round(outcome_settle.as_secs_f64()),
-            "outcome_polls_to_settle": settled.polls,
-            "correlation_read_calls": correlation_read_calls,
-            "correlation_kube_requests": correlation_kube_requests,
-            "correlation_peak_rss_mib": round(correlation_rss),
+            "outcome_settle_s": figures.as_ref().map(|f| round(f.outcome_settle.as_secs_f64())),
+            "outcome_polls_to_settle": figures.as_ref().map(|f| f.settled.polls),
+            "correlation_read_calls": figures.as_ref().map(|f| f.read_calls),
+            "correlation_kube_requests": figures.as_ref().map(|f| f.kube_requests),
+            "correlation_peak_rss_mib": figures.as_ref().map(|f| round(f.rss)),
         })
     );
     Ok(())
@@ -256,12 +243,12 @@ fn sha256(seed: usize) -> String {
     format!("{seed:016x}").repeat(4)
 }
 
-async fn setup_partner(sandbox: &Sandbox) -> anyhow::Result<()> {
+async fn setup_partner(sandbox: &Sandbox, correlation: bool) -> anyhow::Result<()> {
     sandbox
         .apply_yaml(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds, namespace: default}}\nstringData:\n  tenantId: {}\n  clientId: {}\n  clientSecret: {}\n---\n\
              apiVersion: detect.dev/v1alpha1\nkind: DefenderPartner\nmetadata: {{name: defender, namespace: default}}\n\
-             spec: {{api: '{}', credentials: {{secretRef: {{name: creds}}}}, correlation: {{interval: {}s}}}}\n",
+             spec: {{api: '{}', credentials: {{secretRef: {{name: creds}}}}, correlation: {{enabled: {correlation}, interval: {}s}}}}\n",
             sv::TENANT_ID,
             sv::GOOD_APP_ID,
             sv::GOOD_APP_SECRET,
@@ -331,14 +318,15 @@ fn spawn_operator(
     Ok(OperatorProcess(child))
 }
 
-/// Attached, indicators in sync, and the first machine list and alert poll done.
-async fn wait_attached(sandbox: &Sandbox) -> anyhow::Result<()> {
+/// Attached, indicators in sync, and (with `correlation`) the first machine list and alert poll
+/// done.
+async fn wait_attached(sandbox: &Sandbox, correlation: bool) -> anyhow::Result<()> {
     sandbox
         .wait_for("default", "defender", Duration::from_secs(60), |p: &DefenderPartner| {
             p.status.as_ref().is_some_and(|s| {
                 s.state == Some(PartnerState::Attached)
                     && is_true(&s.conditions, INDICATORS_SYNCED)
-                    && is_true(&s.conditions, OUTCOMES_AVAILABLE)
+                    && (!correlation || is_true(&s.conditions, OUTCOMES_AVAILABLE))
             })
         })
         .await?;
@@ -436,6 +424,54 @@ async fn wait_steady_after_restart(sandbox: &Sandbox, metrics_port: u16, count: 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What the correlation phase measured.
+struct Figures {
+    settled: Settled,
+    outcome_settle: Duration,
+    calls: BTreeMap<String, u64>,
+    read_calls: u64,
+    kube_requests: u64,
+    counts: String,
+    rss: f64,
+}
+
+/// Closes the findings' alert windows a few seconds from now, makes `alerted` of the tests raise
+/// an alert on their machine, and waits until every finding's detection settled.
+async fn correlation_phase(
+    sandbox: &Sandbox,
+    operator: &OperatorProcess,
+    metrics_port: u16,
+    observed: jiff::Timestamp,
+    alerted: usize,
+    total: usize,
+) -> anyhow::Result<Figures> {
+    sandbox.defender.clear_calls();
+    let kube_before = kube_requests(metrics_port).await?;
+    let window = (jiff::Timestamp::now().as_second() - observed.as_second()) + 5;
+    let partners: Api<DefenderPartner> = Api::namespaced(sandbox.admin.clone(), "default");
+    let window = json!({"spec": {"correlation": {"alertWindow": format!("{window}s")}}});
+    partners.patch("defender", &PatchParams::default(), &Patch::Merge(&window)).await?;
+    // Watched rather than listed: listing 10,000 findings every second would load the 2 cores
+    // being measured.
+    let settling = tokio::spawn(watch_until_settled(sandbox.admin.clone(), alerted, total));
+    let alerts_created = Instant::now();
+    for i in 0..alerted {
+        let run = TestRun::new(&format!("host-{}", i % MACHINES), &sha256(i), TestOutcome::Detected);
+        sandbox.defender.run_test(sv::TENANT_ID, run);
+    }
+    let settled = tokio::time::timeout(Duration::from_secs(300), settling)
+        .await
+        .context("findings not settled within 300 s")???;
+    let polls = sandbox.defender.calls().iter().filter(|c| c.endpoint == Endpoint::Alerts).count();
+    let settled = Settled { polls, ..settled };
+    let outcome_settle = settled.at.duration_since(alerts_created);
+    let calls = calls_by_endpoint(sandbox);
+    let read_calls = CORRELATION_READS.iter().map(|e| calls.get(&format!("{e:?}")).copied().unwrap_or(0)).sum();
+    let kube_requests = kube_requests(metrics_port).await? - kube_before;
+    let counts = wait_partner_counts(sandbox, alerted, total - alerted).await?;
+    Ok(Figures { settled, outcome_settle, calls, read_calls, kube_requests, counts, rss: peak_rss_mib(operator)? })
 }
 
 /// Waits until the correlation has listed machines and antivirus health and polled alerts.
