@@ -375,7 +375,9 @@ impl Correlator {
     async fn poll_alerts(&mut self, needed_from: Option<Timestamp>) -> Result<(), DefenderError> {
         let now = Timestamp::now();
         let oldest = now.checked_sub(LOOKBACK).unwrap_or(now);
-        let needed = needed_from.map(|from| from.max(oldest));
+        let recent = now.checked_sub(POLL_OVERLAP).unwrap_or(now);
+        // A finding observed "in the future" (a probe's clock ahead) needs what is recent.
+        let needed = needed_from.map(|from| from.clamp(oldest, recent));
         let book = &self.state.book;
         let since = match (book.polled_at, book.covered_from) {
             (Some(polled), Some(from)) => {
@@ -385,7 +387,7 @@ impl Correlator {
                     _ => next,
                 }
             }
-            _ => needed.unwrap_or_else(|| now.checked_sub(POLL_OVERLAP).unwrap_or(now)),
+            _ => needed.unwrap_or(recent),
         }
         .max(oldest);
         let alerts = self.client.list_alerts_updated_since(since).await?;
