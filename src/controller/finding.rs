@@ -104,7 +104,14 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     let state = finding.effective_state();
     let generation = finding.metadata.generation;
     let now = Time(Timestamp::now());
-    let mut status = ProbeFindingStatus { state: Some(state), observed_generation: generation, ..Default::default() };
+    let mut status = ProbeFindingStatus {
+        state: Some(state),
+        observed_generation: generation,
+        // Set once, kept whatever comes after.
+        protected_time: previous.protected_time.clone(),
+        time_to_protect: previous.time_to_protect.clone(),
+        ..Default::default()
+    };
 
     if let Some(why) = ctx.unreadable_findings.why(finding) {
         status.state = None;
