@@ -8,7 +8,6 @@
 //! read at all is skipped (and counted in the log) rather than failing the whole list.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 
 use jiff::Timestamp;
 use reqwest::Method;
@@ -176,21 +175,6 @@ impl DefenderClient {
         }
     }
 
-    /// `GET /api/machines/findbyip(ip='…',timestamp=…)`: machines seen with that internal IP
-    /// within 15 minutes of `at` (at most 30 days ago).
-    pub async fn find_machines_by_ip(&self, ip: IpAddr, at: Timestamp) -> Result<Vec<Machine>, DefenderError> {
-        let mut url = self.url("/api/machines")?;
-        url.path_segments_mut()
-            .map_err(|_| DefenderError::Config("bad API URL".into()))?
-            .push(&format!("findbyip(ip='{ip}',timestamp={})", odata_time(at)));
-        let (status, body) = self.send(EndpointClass::Machines, Method::GET, url, None).await?;
-        match status {
-            200 => Ok(read_items(&body, "machines by IP")?.0),
-            404 => Ok(Vec::new()),
-            _ => Err(api_error(status, &body)),
-        }
-    }
-
     /// Antivirus health of every machine that reports it, or of those `filter` selects (e.g.
     /// `machineId eq '…'`).
     pub async fn list_av_info(&self, filter: Option<&str>) -> Result<Vec<AvInfo>, DefenderError> {
@@ -308,11 +292,6 @@ fn read_page<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<PageOf<T>, 
     let skipped = count - read.len();
     let next = page.next_link.map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
     Ok((read, next, count, skipped))
-}
-
-fn read_items<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<(Vec<T>, usize), DefenderError> {
-    let (items, _, _, skipped) = read_page(body, what)?;
-    Ok((items, skipped))
 }
 
 #[cfg(test)]
