@@ -1,7 +1,9 @@
 //! `cargo bench --bench convergence`: one partner, N findings with distinct SHA-256 values
-//! (N = 10,000; `BENCH_FINDINGS` changes it), on the sandbox with Defender's real limits and
-//! 200 ms per Defender call. The operator runs as its own process (the release binary), so its
-//! peak RSS is its own. Prints a table, then one JSON line.
+//! (N = 10,000; `BENCH_FINDINGS` changes it) on 2,000 Defender machines, on the sandbox with
+//! Defender's real limits and 200 ms per Defender call. The operator runs as its own process (the
+//! release binary), so its peak RSS is its own. Phases: converge, restart, single findings, then
+//! correlation (1,000 of the tests raise alerts; every finding's detection must settle). Prints a
+//! table, then one JSON line.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -9,23 +11,45 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use defender_operator::api::Detection;
 use defender_operator::api::conditions::{INDICATORS_SYNCED, is_true};
+use defender_operator::api::outcome::OUTCOMES_AVAILABLE;
 use defender_operator::api::{DefenderPartner, DeliveryState, PartnerState, ProbeFinding};
 use defender_operator::sandbox::cluster::{OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT};
 use defender_operator::sandbox::{Sandbox, SandboxOptions};
-use defender_sandbox::emulator::{EmulatorConfig, EmulatorLimits, Endpoint, sandbox_values as sv};
+use defender_sandbox::emulator::{
+    EmulatorConfig, EmulatorLimits, Endpoint, MachineSpec, TestOutcome, TestRun, sandbox_values as sv,
+};
 use futures::StreamExt;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const LATENCY: Duration = Duration::from_millis(200);
+/// Defender machines the findings run on (`host-0` … `host-1999`).
+const MACHINES: usize = 2_000;
+/// Tests that raise an alert in the correlation phase.
+const ALERTS: usize = 1_000;
+/// The partner's alert polling interval.
+const INTERVAL: Duration = Duration::from_secs(30);
+/// The Defender endpoints the correlation reads.
+const CORRELATION_READS: [Endpoint; 7] = [
+    Endpoint::Machines,
+    Endpoint::MachineById,
+    Endpoint::FindMachinesByIp,
+    Endpoint::MachineAlerts,
+    Endpoint::DeviceAvInfo,
+    Endpoint::Alerts,
+    Endpoint::AlertById,
+];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let findings: usize = std::env::var("BENCH_FINDINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let singles: usize = std::env::var("BENCH_SINGLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    // `BENCH_CORRELATION=0`: the partner's correlation off, no correlation phase (to compare).
+    let correlation = std::env::var("BENCH_CORRELATION").map_or(true, |v| v != "0");
     let dir = tempdir()?;
     if let Ok(filter) = std::env::var("BENCH_SANDBOX_LOG") {
         // The sandbox's own log (API server, emulator), beside the operators' logs.
@@ -41,17 +65,25 @@ async fn main() -> anyhow::Result<()> {
         sandbox.kube.kubeconfig_yaml(&sandbox.kube.service_account_token(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)),
     )?;
 
-    setup_partner(&sandbox).await?;
+    // The tenant's machines exist before the partner: its first machine list has them.
+    for i in 0..MACHINES {
+        sandbox.defender.put_machine(sv::TENANT_ID, MachineSpec::new(&format!("host-{i}.bench.contoso.com")));
+    }
+    setup_partner(&sandbox, correlation).await?;
+    // Every finding was observed a minute before the run started; the correlation phase closes
+    // their alert windows (alertWindow) just after its alerts.
+    let observed = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(1);
+    let observed = jiff::Timestamp::from_second(observed.as_second())?;
     let metrics_port = free_port()?;
     println!("operator logs: {}/operator-*.log (BENCH_OPERATOR_LOG sets RUST_LOG)", dir.display());
     let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port, &dir.join("operator-1.log"))?;
-    wait_attached(&sandbox).await?;
+    wait_attached(&sandbox, correlation).await?;
     sandbox.defender.clear_calls();
     let kube_before = kube_requests(metrics_port).await?;
 
     // Converge: create N findings, wait until every one is Submitted.
     let started = Instant::now();
-    create_findings(&sandbox, 0, findings).await?;
+    create_findings(&sandbox, 0, findings, observed).await?;
     wait_all_submitted(&sandbox, findings, Duration::from_secs(600)).await?;
     let converge = started.elapsed();
     let calls = calls_by_endpoint(&sandbox);
@@ -66,7 +98,12 @@ async fn main() -> anyhow::Result<()> {
     let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port, &dir.join("operator-2.log"))?;
     wait_steady_after_restart(&sandbox, metrics_port, findings).await?;
     let restart_converge = restarted.elapsed();
+    // The restarted engine's correlation reads machines, antivirus health and alerts once again.
+    if correlation {
+        wait_correlation_reads(&sandbox).await?;
+    }
     let restart_calls = calls_by_endpoint(&sandbox);
+    let restart_rss = peak_rss_mib(&operator)?;
     let restart_kube_requests = kube_requests(metrics_port).await?;
 
     // One new finding alone: time until its indicator is in Defender.
@@ -74,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..singles {
         let value = sha256(1_000_000 + i);
         let started = Instant::now();
-        create_findings(&sandbox, 1_000_000 + i, 1).await?;
+        create_findings(&sandbox, 1_000_000 + i, 1, observed).await?;
         loop {
             if sandbox.defender.holds(sv::TENANT_ID, &value) {
                 break;
@@ -94,6 +131,16 @@ async fn main() -> anyhow::Result<()> {
     }
     latencies.sort();
     let p99 = latencies.get((latencies.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
+
+    // Correlation: the findings' windows close a few seconds from now; 1,000 of the tests raise
+    // an alert on their machine now. Every finding must settle: Detected or NotDetected.
+    let total = findings + singles;
+    let alerted = ALERTS.min(findings);
+    let figures = if correlation {
+        Some(correlation_phase(&sandbox, &operator, metrics_port, observed, alerted, total).await?)
+    } else {
+        None
+    };
     operator.kill_and_wait()?;
 
     let naive = naive_seconds(findings, &limits);
@@ -122,10 +169,27 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<44} {:>10.1} MiB", "operator peak RSS", peak_rss);
     println!("{:<44} {:>13.1}s", "restart: time to steady state", restart_converge.as_secs_f64());
     println!("{:<44} {:>14}", "restart: Defender calls", restart_calls.values().sum::<u64>());
+    for (endpoint, count) in &restart_calls {
+        println!("  {:<42} {:>14}", endpoint, count);
+    }
     println!("{:<44} {:>14}", "restart: Defender write calls", restart_writes);
     println!("{:<44} {:>14}", "restart: Kubernetes API requests", restart_kube_requests);
+    println!("{:<44} {:>10.1} MiB", "restart: operator peak RSS", restart_rss);
     println!("{:<44} {:>11.0} ms", format!("single finding p99 (of {singles})"), p99.as_secs_f64() * 1000.0);
     println!("{:<44} {:>13.0}s", "naive baseline (one submit per indicator)", naive);
+    if let Some(f) = &figures {
+        println!("{:<44} {:>14}", "correlation: findings / machines / alerts", format!("{total}/{MACHINES}/{alerted}"));
+        let settled = format!("correlation: settled (interval {INTERVAL:?})");
+        println!("{:<44} {:>13.1}s", settled, f.outcome_settle.as_secs_f64());
+        println!("{:<44} {:>14}", "correlation: alert polls until settled", f.settled.polls);
+        println!("{:<44} {:>14}", "correlation: Defender read calls", f.read_calls);
+        for (endpoint, count) in &f.calls {
+            println!("  {:<42} {:>14}", endpoint, count);
+        }
+        println!("{:<44} {:>14}", "correlation: Kubernetes API requests", f.kube_requests);
+        println!("{:<44} {:>14}", "correlation: partner outcomes", f.counts);
+        println!("{:<44} {:>10.1} MiB", "correlation: operator peak RSS (restarted)", f.rss);
+    }
     println!(
         "{}",
         json!({
@@ -137,10 +201,25 @@ async fn main() -> anyhow::Result<()> {
             "restart_converge_s": round(restart_converge.as_secs_f64()),
             "restart_defender_calls": restart_calls.values().sum::<u64>(),
             "restart_kube_requests": restart_kube_requests,
+            "restart_peak_rss_mib": round(restart_rss),
             "naive_converge_s": round(naive),
             "single_finding_p99_ms": round(p99.as_secs_f64() * 1000.0),
             "defender_write_calls": writes,
             "duplicates": duplicates,
+            "restart_correlation_read_calls": CORRELATION_READS
+                .iter()
+                .map(|e| restart_calls.get(&format!("{e:?}")).copied().unwrap_or(0))
+                .sum::<u64>(),
+            "correlation": correlation,
+            "correlation_findings": figures.as_ref().map(|_| total),
+            "correlation_machines": MACHINES,
+            "correlation_alerts": figures.as_ref().map(|_| alerted),
+            "correlation_interval_s": INTERVAL.as_secs(),
+            "outcome_settle_s": figures.as_ref().map(|f| round(f.outcome_settle.as_secs_f64())),
+            "outcome_polls_to_settle": figures.as_ref().map(|f| f.settled.polls),
+            "correlation_read_calls": figures.as_ref().map(|f| f.read_calls),
+            "correlation_kube_requests": figures.as_ref().map(|f| f.kube_requests),
+            "correlation_peak_rss_mib": figures.as_ref().map(|f| round(f.rss)),
         })
     );
     Ok(())
@@ -164,16 +243,17 @@ fn sha256(seed: usize) -> String {
     format!("{seed:016x}").repeat(4)
 }
 
-async fn setup_partner(sandbox: &Sandbox) -> anyhow::Result<()> {
+async fn setup_partner(sandbox: &Sandbox, correlation: bool) -> anyhow::Result<()> {
     sandbox
         .apply_yaml(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds, namespace: default}}\nstringData:\n  tenantId: {}\n  clientId: {}\n  clientSecret: {}\n---\n\
              apiVersion: detect.dev/v1alpha1\nkind: DefenderPartner\nmetadata: {{name: defender, namespace: default}}\n\
-             spec: {{api: '{}', credentials: {{secretRef: {{name: creds}}}}}}\n",
+             spec: {{api: '{}', credentials: {{secretRef: {{name: creds}}}}, correlation: {{enabled: {correlation}, interval: {}s}}}}\n",
             sv::TENANT_ID,
             sv::GOOD_APP_ID,
             sv::GOOD_APP_SECRET,
-            sandbox.defender_api()
+            sandbox.defender_api(),
+            INTERVAL.as_secs()
         ))
         .await?;
     Ok(())
@@ -238,18 +318,27 @@ fn spawn_operator(
     Ok(OperatorProcess(child))
 }
 
-async fn wait_attached(sandbox: &Sandbox) -> anyhow::Result<()> {
+/// Attached, indicators in sync, and (with `correlation`) the first machine list and alert poll
+/// done.
+async fn wait_attached(sandbox: &Sandbox, correlation: bool) -> anyhow::Result<()> {
     sandbox
         .wait_for("default", "defender", Duration::from_secs(60), |p: &DefenderPartner| {
-            p.status
-                .as_ref()
-                .is_some_and(|s| s.state == Some(PartnerState::Attached) && is_true(&s.conditions, INDICATORS_SYNCED))
+            p.status.as_ref().is_some_and(|s| {
+                s.state == Some(PartnerState::Attached)
+                    && is_true(&s.conditions, INDICATORS_SYNCED)
+                    && (!correlation || is_true(&s.conditions, OUTCOMES_AVAILABLE))
+            })
         })
         .await?;
     Ok(())
 }
 
-async fn create_findings(sandbox: &Sandbox, first: usize, count: usize) -> anyhow::Result<()> {
+async fn create_findings(
+    sandbox: &Sandbox,
+    first: usize,
+    count: usize,
+    observed: jiff::Timestamp,
+) -> anyhow::Result<()> {
     let api: Api<ProbeFinding> = Api::namespaced(sandbox.admin.clone(), "default");
     let results: Vec<_> = futures::stream::iter(first..first + count)
         .map(|i| {
@@ -259,7 +348,8 @@ async fn create_findings(sandbox: &Sandbox, first: usize, count: usize) -> anyho
                     "apiVersion": "detect.dev/v1alpha1", "kind": "ProbeFinding",
                     "metadata": {"name": format!("finding-{i}")},
                     "spec": {"test": {"id": "3ebbda49-738c-4799-a8fb-206630cf609e", "name": "Will a malicious Office document be quarantined?"},
-                             "endpoint": {"hostname": format!("host-{}", i % 500)}, "code": 101,
+                             "endpoint": {"hostname": format!("host-{}", i % MACHINES)}, "code": 101,
+                             "observedTime": observed.to_string(),
                              "indicators": [{"type": "FileSha256", "value": sha256(i)}]}
                 }))?;
                 api.create(&PostParams::default(), &finding).await?;
@@ -334,6 +424,115 @@ async fn wait_steady_after_restart(sandbox: &Sandbox, metrics_port: u16, count: 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What the correlation phase measured.
+struct Figures {
+    settled: Settled,
+    outcome_settle: Duration,
+    calls: BTreeMap<String, u64>,
+    read_calls: u64,
+    kube_requests: u64,
+    counts: String,
+    rss: f64,
+}
+
+/// Closes the findings' alert windows a few seconds from now, makes `alerted` of the tests raise
+/// an alert on their machine, and waits until every finding's detection settled.
+async fn correlation_phase(
+    sandbox: &Sandbox,
+    operator: &OperatorProcess,
+    metrics_port: u16,
+    observed: jiff::Timestamp,
+    alerted: usize,
+    total: usize,
+) -> anyhow::Result<Figures> {
+    sandbox.defender.clear_calls();
+    let kube_before = kube_requests(metrics_port).await?;
+    let window = (jiff::Timestamp::now().as_second() - observed.as_second()) + 5;
+    let partners: Api<DefenderPartner> = Api::namespaced(sandbox.admin.clone(), "default");
+    let window = json!({"spec": {"correlation": {"alertWindow": format!("{window}s")}}});
+    partners.patch("defender", &PatchParams::default(), &Patch::Merge(&window)).await?;
+    // Watched rather than listed: listing 10,000 findings every second would load the 2 cores
+    // being measured.
+    let settling = tokio::spawn(watch_until_settled(sandbox.admin.clone(), alerted, total));
+    let alerts_created = Instant::now();
+    for i in 0..alerted {
+        let run = TestRun::new(&format!("host-{}", i % MACHINES), &sha256(i), TestOutcome::Detected);
+        sandbox.defender.run_test(sv::TENANT_ID, run);
+    }
+    let settled = tokio::time::timeout(Duration::from_secs(300), settling)
+        .await
+        .context("findings not settled within 300 s")???;
+    let polls = sandbox.defender.calls().iter().filter(|c| c.endpoint == Endpoint::Alerts).count();
+    let settled = Settled { polls, ..settled };
+    let outcome_settle = settled.at.duration_since(alerts_created);
+    let calls = calls_by_endpoint(sandbox);
+    let read_calls = CORRELATION_READS.iter().map(|e| calls.get(&format!("{e:?}")).copied().unwrap_or(0)).sum();
+    let kube_requests = kube_requests(metrics_port).await? - kube_before;
+    let counts = wait_partner_counts(sandbox, alerted, total - alerted).await?;
+    Ok(Figures { settled, outcome_settle, calls, read_calls, kube_requests, counts, rss: peak_rss_mib(operator)? })
+}
+
+/// Waits until the correlation has listed machines and antivirus health and polled alerts.
+async fn wait_correlation_reads(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let calls = sandbox.defender.calls();
+        let read = |e: Endpoint| calls.iter().any(|c| c.endpoint == e && c.status == 200);
+        if read(Endpoint::Machines) && read(Endpoint::DeviceAvInfo) && read(Endpoint::Alerts) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the restarted operator did not read machines and alerts within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// When every finding's detection settled, and how many alert polls that took.
+struct Settled {
+    at: Instant,
+    polls: usize,
+}
+
+/// Watches the findings until the first `alerted` are Detected and the others NotDetected (all
+/// `count` of them).
+async fn watch_until_settled(client: kube::Client, alerted: usize, count: usize) -> anyhow::Result<Settled> {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<ProbeFinding> = Api::namespaced(client, "default");
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut settled: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    let mut done = 0usize;
+    while let Some(event) = stream.next().await {
+        let finding = match event? {
+            watcher::Event::Apply(finding) | watcher::Event::InitApply(finding) => finding,
+            _ => continue,
+        };
+        let name = finding.metadata.name.clone().unwrap_or_default();
+        let index: usize = name.trim_start_matches("finding-").parse().unwrap_or(usize::MAX);
+        let want = if index < alerted { Detection::Detected } else { Detection::NotDetected };
+        let now = finding.status.as_ref().and_then(|s| s.deliveries.first()).and_then(|d| d.detection) == Some(want);
+        let before = settled.insert(name, now).unwrap_or(false);
+        done = done + usize::from(now) - usize::from(before);
+        if done >= count {
+            return Ok(Settled { at: Instant::now(), polls: 0 });
+        }
+    }
+    bail!("the findings' watch ended")
+}
+
+/// The partner's counts once they say `detected` and `not_detected`.
+async fn wait_partner_counts(sandbox: &Sandbox, detected: usize, not_detected: usize) -> anyhow::Result<String> {
+    let partner = sandbox
+        .wait_for("default", "defender", Duration::from_secs(120), |p: &DefenderPartner| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.outcomes.as_ref())
+                .is_some_and(|o| o.detected as usize == detected && o.not_detected as usize == not_detected)
+        })
+        .await?;
+    Ok(serde_json::to_string(&partner.status.and_then(|s| s.outcomes))?)
 }
 
 fn calls_by_endpoint(sandbox: &Sandbox) -> BTreeMap<String, u64> {

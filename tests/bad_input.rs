@@ -1168,6 +1168,36 @@ async fn without_duration_rules(world: &World) {
 }
 
 #[tokio::test]
+async fn bad_endpoints_and_correlation_settings_are_refused_naming_the_field() {
+    let world = world_with_good_partner().await;
+    for (i, (field, value)) in
+        [("ipAddress", json!("10.0.0.300")), ("ipAddress", json!("laptop-7")), ("machineId", json!("laptop-7"))]
+            .into_iter()
+            .enumerate()
+    {
+        let object = finding_json(&format!("endpoint-{i}"), |spec| spec["endpoint"][field] = value.clone());
+        refused(&world, &object, &format!("spec.endpoint.{field}"), "should match").await;
+    }
+    for (i, (field, value, says)) in [
+        ("interval", json!("1s"), "between 5s and 24h"),
+        ("interval", json!("25h"), "between 5s and 24h"),
+        ("alertWindow", json!("30s"), "between 1m and 720h"),
+        ("alertWindow", json!("721h"), "between 1m and 720h"),
+        ("alertWindow", json!("two hours"), "should match"),
+        ("machineTag", json!(""), "should be at least 1 chars long"),
+        ("machineTag", json!("t".repeat(201)), "Too long: may not be more than 200"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let object =
+            partner_json(&world, &format!("correlation-{i}"), |spec| spec["correlation"] = json!({field: value}));
+        refused(&world, &object, &format!("spec.correlation.{field}"), says).await;
+    }
+    the_good_finding_is_still_delivered(&world, 50).await;
+}
+
+#[tokio::test]
 async fn durations_out_of_range_are_refused_naming_the_field() {
     let world = world_with_good_partner().await;
     // Numbers no clock holds, or too long to be a duration at all: refused by the schema (each

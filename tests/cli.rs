@@ -293,7 +293,8 @@ async fn the_sandbox_command_serves_the_operators_metrics_on_the_printed_address
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        if text.contains(r#"defender_operator_partners{state="Attached"} 1"#) {
+        // The demo's partners: one of each credentials type attached, one refused.
+        if text.contains(r#"defender_operator_partners{state="Attached"} 3"#) {
             assert!(text.contains("defender_operator_reconciles_total"), "{text}");
             break;
         }
@@ -304,4 +305,30 @@ async fn the_sandbox_command_serves_the_operators_metrics_on_the_printed_address
     assert_eq!(ready.status(), 200);
     child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sandbox --demo` converges, showing every outcome and a time to protect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_every_outcome_and_a_time_to_protect() {
+    let kubeconfig = std::env::temp_dir().join(format!("defender-operator-demo-{}.kubeconfig", std::process::id()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-operator"))
+        .args(["sandbox", "--demo", "--timeout", "90s", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("the binary runs");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}{}", String::from_utf8_lossy(&output.stderr));
+    let last = out.rsplit("NAMESPACE                FINDING").next().unwrap();
+    for outcome in ["Prevented", "Detected", "NotDetected", "Pending", "Unknown"] {
+        assert!(last.contains(&format!(" {outcome} ")), "{outcome} missing in:\n{last}");
+    }
+    for readiness in ["Ready", "PassiveMode", "NotFound"] {
+        assert!(last.contains(readiness), "{readiness} missing in:\n{last}");
+    }
+    assert!(last.contains("default/office-macro-laptop-7: PROTECTED at"), "{last}");
+    assert!(out.contains("converged:"), "{out}");
+    let _ = std::fs::remove_file(kubeconfig);
 }

@@ -525,3 +525,48 @@ async fn import_at_the_tenant_cap_fails_per_item() {
     assert_eq!(e.status(), Some(400));
     assert!(!e.is_transient());
 }
+
+/// Machines, antivirus health and alerts, read with small pages: `$top`+`$skip` for machines
+/// (no nextLink with `$top`), the nextLink for antivirus health and alerts; filtered look-ups; the
+/// tag call; 403 without the role.
+#[tokio::test]
+async fn machines_antivirus_health_and_alerts_page_completely() {
+    use defender_sandbox::emulator::{MachineSpec, TestOutcome, TestRun};
+    let emu = emulator().await;
+    for i in 0..7 {
+        emu.put_machine(TENANT_ID, MachineSpec::new(&format!("pc-{i}.contoso.com")));
+    }
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(2);
+    for i in 0..5 {
+        emu.run_test(TENANT_ID, TestRun::new(&format!("pc-{i}"), &sha256(i), TestOutcome::Detected));
+    }
+    let small = ClientOptions { list_page_size: 3, ..ClientOptions::default() };
+    let reader = client_with(&emu, Cloud::Commercial, creds(TENANT_ID, GOOD_APP_ID, GOOD_APP_SECRET), small);
+
+    let machines = reader.list_machines().await.unwrap();
+    assert_eq!(machines.len(), emu.machines(TENANT_ID).len(), "every machine, once");
+    let paths: Vec<String> =
+        emu.calls().into_iter().filter(|c| c.endpoint == Endpoint::Machines).map(|c| c.path).collect();
+    assert!(paths.iter().all(|p| p.contains("top=3")) && paths.iter().any(|p| p.contains("skip=3")), "{paths:?}");
+    let av = reader.list_av_info(None).await.unwrap();
+    assert!(av.len() >= 7 && av.iter().all(|a| a.machine().is_some() && a.av_mode.is_some()), "{av:?}");
+    let alerts = reader.list_alerts_updated_since(since).await.unwrap();
+    assert_eq!(alerts.len(), 5, "the default alert is older");
+    assert!(alerts.iter().all(|a| a.evidence.iter().any(|e| e.sha256.is_some())), "with their evidence");
+
+    let found = reader.find_machines("startswith(computerDnsName,'pc-1')").await.unwrap();
+    assert_eq!(found.iter().map(|m| m.computer_dns_name.clone().unwrap()).collect::<Vec<_>>(), ["pc-1.contoso.com"]);
+    let id = emu.machine_id(TENANT_ID, "pc-1").unwrap();
+    assert_eq!(reader.machine(&id).await.unwrap().map(|m| m.id), Some(id.clone()));
+    assert_eq!(reader.machine(&"0".repeat(40)).await.unwrap(), None, "404 is none");
+    let one = reader.list_av_info(Some(&format!("machineId eq '{id}'"))).await.unwrap();
+    assert_eq!(one.len(), 1);
+
+    // Tagging needs Machine.ReadWrite.All, which the good app lacks.
+    let error = reader.tag_machines(std::slice::from_ref(&id), "bas").await.unwrap_err();
+    assert_eq!(error.status(), Some(403), "{error}");
+    // Alerts need Alert.Read.All.
+    let machine_only = client(&emu, TENANT_ID, MACHINE_ONLY_APP_ID, MACHINE_ONLY_APP_SECRET);
+    assert_eq!(machine_only.list_alerts_updated_since(since).await.unwrap_err().status(), Some(403));
+    assert!(!machine_only.list_machines().await.unwrap().is_empty());
+}

@@ -60,13 +60,15 @@ async fn kubectl_applies_the_examples_and_sees_them_converge() {
     }
     assert!(out.contains("Attached") && out.contains("InvalidSecret"), "{out}");
     assert!(out.contains("UNPROTECTED") && out.contains("1/1"), "{out}");
+    let findings_header = out.lines().find(|l| l.starts_with("NAMESPACE") && l.contains("TEST")).unwrap_or_default();
+    assert!(findings_header.contains("OUTCOME"), "printer column OUTCOME missing: {out}");
 
     // `kubectl get pf` shows whether each finding is Ready, from its Ready condition.
     let kc = kubeconfig.clone();
     let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&kc, &["get", "pf", "-n", "default"])).await.unwrap();
     assert!(ok, "{out}");
     let columns: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(columns, ["NAME", "TEST", "STATE", "DELIVERED", "READY", "AGE"], "{out}");
+    assert_eq!(columns, ["NAME", "TEST", "STATE", "DELIVERED", "READY", "OUTCOME", "AGE"], "{out}");
     let row = out.lines().find(|l| l.starts_with("office-macro-laptop-7 ")).unwrap_or_else(|| panic!("{out}"));
     let ready_at = out.lines().next().unwrap().find("READY").unwrap();
     assert_eq!(row[ready_at..].split_whitespace().next(), Some("True"), "{out}");

@@ -1086,6 +1086,8 @@ mod odata {
                 batch_delete_per_minute: u32::MAX,
                 other_per_minute: u32::MAX,
                 other_per_hour: u32::MAX,
+                av_info_per_minute: u32::MAX,
+                av_info_per_hour: u32::MAX,
             };
             DefenderClient::with_options(
                 default_http_client().unwrap(),

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use defender_operator::api::{DeliveryState, EventReason, FindingReason, PartnerReason};
+use defender_operator::api::{
+    DeliveryState, Detection, EventReason, FindingReason, OutcomesReason, PartnerReason, Readiness,
+};
 
 const README: &str = include_str!("../README.md");
 
@@ -49,12 +51,22 @@ fn the_event_table_lists_every_event_reason_with_its_fix() {
     assert_eq!(table("Event"), expected(EventReason::ALL.iter().map(|r| (r.as_str(), r.fix()))));
 }
 
+#[test]
+fn the_outcome_tables_list_every_readiness_detection_and_outcomes_reason_with_its_fix() {
+    assert_eq!(table("Readiness"), expected(Readiness::ALL.iter().map(|r| (r.as_str(), r.fix()))));
+    assert_eq!(table("Detection"), expected(Detection::ALL.iter().map(|r| (r.as_str(), r.fix()))));
+    assert_eq!(table("Outcomes reason"), expected(OutcomesReason::ALL.iter().map(|r| (r.as_str(), r.fix()))));
+}
+
 /// A terminal reason always tells the user what to do.
 #[test]
 fn every_terminal_reason_has_a_fix() {
     let partner = PartnerReason::ALL.iter().filter(|r| r.is_terminal()).map(|r| (r.as_str(), r.fix()));
     let finding = FindingReason::ALL.iter().filter(|r| r.is_terminal()).map(|r| (r.as_str(), r.fix()));
-    for (reason, fix) in partner.chain(finding) {
+    let readiness = Readiness::ALL.iter().filter(|r| r.is_terminal()).map(|r| (r.as_str(), r.fix()));
+    let detection = Detection::ALL.iter().filter(|r| r.is_terminal()).map(|r| (r.as_str(), r.fix()));
+    let outcomes = OutcomesReason::ALL.iter().filter(|r| r.is_terminal()).map(|r| (r.as_str(), r.fix()));
+    for (reason, fix) in partner.chain(finding).chain(readiness).chain(detection).chain(outcomes) {
         assert!(fix != "—" && !fix.is_empty(), "{reason} is terminal but has no fix");
     }
 }

@@ -200,6 +200,18 @@ async fn a_throttled_import_does_not_hold_a_lone_finding_back() {
         world.defender.calls().iter().any(|c| c.endpoint == Endpoint::ListIndicators)
     })
     .await;
+    // And its first reads of machines and alerts are done: the next call is the import.
+    world
+        .wait_for("default", "defender", WAIT, |p: &DefenderPartner| {
+            p.status.as_ref().is_some_and(|s| {
+                defender_operator::api::conditions::is_true(
+                    &s.conditions,
+                    defender_operator::api::outcome::OUTCOMES_AVAILABLE,
+                )
+            })
+        })
+        .await
+        .unwrap();
 
     // Defender's import budget is spent elsewhere (another process of the same app): 429, 30 s.
     world.defender.faults().throttle_next(1, 30);

@@ -968,6 +968,48 @@ async fn machine_tags_need_readwrite_and_a_case_sensitive_body() {
 }
 
 #[tokio::test]
+async fn many_machines_are_tagged_in_one_call_all_or_nothing() {
+    let emu = sandbox_with_machine_write().await;
+    let token = good_token(&emu).await;
+    let (laptop, server) =
+        (emu.machine_id(TENANT_ID, "laptop-7").unwrap(), emu.machine_id(TENANT_ID, "server-2").unwrap());
+    let path = "/api/machines/AddOrRemoveTagForMultipleMachines";
+    let reader = token_for(&emu, TENANT_ID, MACHINE_ONLY_APP_ID, MACHINE_ONLY_APP_SECRET).await;
+    let body = json!({"Value": "bas", "Action": "Add", "MachineIds": [laptop]});
+    assert_eq!(post(&emu, &reader, path, &body).await.0, 403);
+
+    let unknown = "0000000000000000000000000000000000000000";
+    let (status, body) =
+        post(&emu, &token, path, &json!({"Value": "bas", "Action": "Add", "MachineIds": [laptop, unknown]})).await;
+    assert_eq!(status, 404);
+    assert!(body["error"]["message"].as_str().unwrap().contains(unknown), "{body}");
+    assert!(
+        emu.machines(TENANT_ID)
+            .iter()
+            .all(|m| m["machineTags"].as_array().is_none_or(|t| t.is_empty() || t != &vec![json!("bas")]))
+    );
+
+    let (status, body) =
+        post(&emu, &token, path, &json!({"Value": "bas", "Action": "Add", "MachineIds": [laptop, server]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(len(&body), 2);
+    assert!(body["value"].as_array().unwrap().iter().all(|m| m["machineTags"] == json!(["bas"])));
+    let (_, listed) = get(&emu, &token, "/api/machines?$filter=machineTags/any(t: t eq 'bas')").await;
+    assert_eq!(len(&listed), 2);
+    for (bad, code) in [
+        (json!({"Value": "bas", "Action": "Add"}), "MissingRequiredParameter"),
+        (json!({"Value": "bas", "Action": "Add", "MachineIds": []}), "InvalidInput"),
+        (json!({"Value": "bas", "Action": "Add", "MachineIds": vec![laptop.clone(); 501]}), "InvalidInput"),
+        (json!({"Value": "bas", "Action": "Add", "MachineIds": "x"}), "InvalidRequestBody"),
+    ] {
+        let (status, body) = post(&emu, &token, path, &bad).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_api_error(&body, code);
+    }
+    assert!(emu.calls().iter().any(|c| c.endpoint == Endpoint::TagMachines && c.status == 200));
+}
+
+#[tokio::test]
 async fn device_av_info_filters_and_pages_by_20() {
     use defender_sandbox::emulator::{AvMode, AvSpec, MachineSpec};
     let emu = sandbox().await;

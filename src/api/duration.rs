@@ -67,6 +67,8 @@ pub enum FieldError {
     Invalid { field: &'static str, invalid: InvalidDuration },
     #[error("{field}: {value} is more than the maximum, {max}; set a shorter duration")]
     OverMaximum { field: &'static str, value: String, max: &'static str },
+    #[error("{field}: {value} is less than the minimum, {min}; set a longer duration")]
+    UnderMinimum { field: &'static str, value: String, min: &'static str },
 }
 
 /// Parses the value of `field`, refusing (rather than clamping) one longer than `max`.
@@ -79,9 +81,46 @@ pub fn parse_at_most(field: &'static str, text: &str, max: &'static str) -> Resu
     Ok(value)
 }
 
+/// [`parse_at_most`], also refusing one shorter than `min`.
+pub fn parse_between(
+    field: &'static str,
+    text: &str,
+    min: &'static str,
+    max: &'static str,
+) -> Result<Duration, FieldError> {
+    let value = parse_at_most(field, text, max)?;
+    if value < parse(min).expect("a field's minimum is a valid duration") {
+        return Err(FieldError::UnderMinimum { field, value: text.to_string(), min });
+    }
+    Ok(value)
+}
+
+/// A duration in the same Go style, to the second: `0s`, `45s`, `23m5s`, `26h0m12s`.
+pub fn format(duration: Duration) -> String {
+    let total = duration.as_secs();
+    let (hours, minutes, seconds) = (total / 3600, total / 60 % 60, total % 60);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, _) => format!("{minutes}m{seconds}s"),
+        _ => format!("{hours}h{minutes}m{seconds}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_name_the_field_and_format_goes_back_to_go_style() {
+        assert_eq!(parse_between("f", "5s", "5s", "24h"), Ok(Duration::from_secs(5)));
+        let under = parse_between("spec.correlation.interval", "1s", "5s", "24h").unwrap_err().to_string();
+        assert_eq!(under, "spec.correlation.interval: 1s is less than the minimum, 5s; set a longer duration");
+        assert!(parse_between("f", "25h", "5s", "24h").unwrap_err().to_string().contains("more than the maximum"));
+        for (seconds, text) in [(0, "0s"), (45, "45s"), (1385, "23m5s"), (93612, "26h0m12s")] {
+            assert_eq!(format(Duration::from_secs(seconds)), text);
+            assert_eq!(parse(text).unwrap(), Duration::from_secs(seconds), "{text} reads back");
+        }
+    }
 
     #[test]
     fn parses_go_style_durations() {

@@ -5,6 +5,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::outcome::{AlertRef, Detection, MachineStatus};
+
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "detect.dev",
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Delivered","type":"string","jsonPath":".status.delivered"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Outcome","type":"string","jsonPath":".status.outcome"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "A security test's result on one endpoint, with the indicators (hashes) of the tested binary; UNPROTECTED results are pushed to Microsoft Defender by the DefenderPartners that select it."
 )]
@@ -73,6 +76,21 @@ pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub platform: Option<String>,
+    /// The endpoint's internal IP address, matched against a machine's `lastIpAddress` when no
+    /// machine has the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "ip_address_schema")]
+    pub ip_address: Option<String>,
+    /// The Defender machine id (40 hex characters); wins over hostname and IP matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{40}$"))]
+    pub machine_id: Option<String>,
+}
+
+/// `spec.endpoint.ipAddress`: one IPv4 or IPv6 address, as the IpAddress indicator rule reads it.
+fn ip_address_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let pattern = value_regex(IndicatorType::IpAddress).expect("a network type");
+    schemars::json_schema!({"type": "string", "maxLength": 64, "pattern": pattern})
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -254,6 +272,16 @@ pub struct ProbeFindingStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::api::conditions::schema")]
     pub conditions: Vec<Condition>,
+    /// The best detection over the partners: Prevented > Detected > NotDetected > Pending > Unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Detection>,
+    /// When the finding, UNPROTECTED when its indicators were submitted, reported PROTECTED.
+    /// Set once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_time: Option<Time>,
+    /// From the indicators' `submittedTime` to `protectedTime`, e.g. `23m5s`. Set once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_protect: Option<String>,
 }
 
 /// Where this finding's indicators stand with one partner.
@@ -268,6 +296,17 @@ pub struct Delivery {
     pub submitted_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The Defender machine the endpoint was matched to, and whether it can enforce the indicator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineStatus>,
+    /// What Defender did about the test on that machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<Detection>,
+    /// Defender's alerts on that machine whose evidence holds one of the hashes, inside the
+    /// window; at most 5, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub alerts: Vec<AlertRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

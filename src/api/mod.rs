@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod duration;
 pub mod finding;
+pub mod outcome;
 pub mod partner;
 pub mod reason;
 
@@ -10,6 +11,7 @@ pub use finding::{
     Delivery, DeliveryState, IndicatorSpec, IndicatorType, ProbeFinding, ProbeFindingSpec, ProbeFindingStatus,
     TestState,
 };
+pub use outcome::{Detection, OutcomesReason, Readiness};
 pub use partner::{
     Cloud, CredentialsType, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy,
     IndicatorAction, PartnerState, Severity,

@@ -76,6 +76,11 @@ pub struct DefenderPartnerSpec {
         {"rule": "duration(self) <= duration('168h')", "message": "at most 168h (a week)"}
     ]))]
     pub revalidate_interval: String,
+
+    /// Matching findings' endpoints to Defender's machines and reading alerts, to report what
+    /// Defender did about each test (`Prevented`, `Detected`, `NotDetected`).
+    #[serde(default)]
+    pub correlation: super::outcome::Correlation,
 }
 
 /// The label selector's schema with `matchExpressions[].operator` limited to the operators
@@ -379,6 +384,9 @@ pub struct DefenderPartnerStatus {
     pub indicators: Option<IndicatorCounts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<TenantQuota>,
+    /// The findings this partner selects by what Defender did about them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<super::outcome::OutcomeCounts>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

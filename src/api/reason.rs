@@ -175,6 +175,8 @@ reasons! {
         IndicatorsNotWithdrawn => Retrying, "Delete them in the Defender portal (application `defender-operator`).";
         /// The partner's certificate expires within 30 days (each re-validation says it again).
         CredentialsExpiring => Terminal, "Upload a new certificate to the app in Entra and update the Secret.";
+        /// A finding whose indicators were submitted reported PROTECTED (on the finding, Normal).
+        Protected => Fine, "—";
     }
 }
 

@@ -3,6 +3,7 @@
 //! No IO here; everything is unit-tested directly.
 
 pub mod batching;
+pub mod outcomes;
 pub mod partner;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -251,6 +252,9 @@ pub fn delivery(
             .collect(),
         submitted_time: None,
         message: None,
+        machine: None,
+        detection: None,
+        alerts: Vec::new(),
     };
     let lookup = match engine {
         Err(why) => {
@@ -342,6 +346,9 @@ fn held_while_not_attached(
         indicators,
         submitted_time: None,
         message: Some(format!("not attached ({why}); its indicators stay in Defender")),
+        machine: None,
+        detection: None,
+        alerts: Vec::new(),
     };
     Some(keep_submitted_time(delivery, Some(previous)))
 }
@@ -555,6 +562,8 @@ pub struct SyncReport {
     pub tenant_cap: u32,
     /// The last round's error: (reason, message).
     pub error: Option<(PartnerReason, String)>,
+    /// What the engine's outcome correlation reports.
+    pub outcomes: Option<outcomes::CorrelationReport>,
 }
 
 impl SyncReport {

@@ -1,19 +1,22 @@
 //! The finding reconciler: works out the effective state, validates the indicators, and writes
-//! one delivery per partner that selects the finding, from what that partner's engine holds.
+//! one delivery per partner that selects the finding, from what that partner's engine holds and
+//! (its outcome) what the engine read of Defender's machines and alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::warn;
 
 use super::decide::{self, ValueStatus};
-use super::{Context, Error, object_key};
+use super::{Context, Error, object_key, outcomes};
 use crate::api::conditions::{self, READY, Verdict};
 use crate::api::finding::ProbeFindingStatus;
-use crate::api::{DefenderPartner, Delivery, DeliveryState, FindingReason, PartnerState, ProbeFinding};
+use crate::api::{DefenderPartner, Delivery, DeliveryState, EventReason, FindingReason, PartnerState, ProbeFinding};
 
 pub async fn reconcile(finding: Arc<ProbeFinding>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile("ProbeFinding");
@@ -35,7 +38,9 @@ async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result
         // instead of Pending now and Submitted a second later.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    super::status::write(ctx, &**finding, &status).await?;
+    if super::status::write(ctx, &**finding, &status).await? {
+        announce_protection(finding, &status, ctx).await;
+    }
     ctx.succeeded(&object_key(&**finding));
     // Engines poke findings whose indicators changed; the periodic pass catches the rest
     // (e.g. a finding that expires).
@@ -55,6 +60,41 @@ fn about_to_be_pushed(finding: &ProbeFinding, status: &ProbeFindingStatus) -> bo
         && status.deliveries.iter().all(|d| d.state == DeliveryState::Pending && d.message.is_none())
 }
 
+/// A finding that just became protected (its `protectedTime` set by the write that just went
+/// through): the time-to-protect histogram records it and an event says it, once.
+async fn announce_protection(finding: &ProbeFinding, status: &ProbeFindingStatus, ctx: &Context) {
+    let previous = finding.status.as_ref().and_then(|s| s.protected_time.as_ref());
+    let (Some(protected), None) = (&status.protected_time, previous) else { return };
+    // An older CRD that prunes the field would make every write look like the first.
+    if ctx.pruned.drops("ProbeFinding", "protectedTime") {
+        return;
+    }
+    let submitted = status
+        .deliveries
+        .iter()
+        .filter(|d| d.state == DeliveryState::Submitted)
+        .filter_map(|d| d.submitted_time.as_ref().map(|t| t.0))
+        .min();
+    if let Some(submitted) = submitted {
+        let seconds = protected.0.duration_since(submitted).as_secs_f64().max(0.0);
+        ctx.metrics.time_to_protect.observe(seconds);
+    }
+    let took = status.time_to_protect.as_deref().unwrap_or("?");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: EventReason::Protected.as_str().to_string(),
+        note: Some(format!(
+            "reported PROTECTED {took} after its indicators were submitted to Defender: the indicator works on this \
+             endpoint"
+        )),
+        action: "Protect".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &finding.object_ref(&())).await {
+        warn!(%error, "could not publish event");
+    }
+}
+
 pub fn error_policy(finding: Arc<ProbeFinding>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.backoff(&object_key(&*finding), error)
 }
@@ -64,7 +104,14 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     let state = finding.effective_state();
     let generation = finding.metadata.generation;
     let now = Time(Timestamp::now());
-    let mut status = ProbeFindingStatus { state: Some(state), observed_generation: generation, ..Default::default() };
+    let mut status = ProbeFindingStatus {
+        state: Some(state),
+        observed_generation: generation,
+        // Set once, kept whatever comes after.
+        protected_time: previous.protected_time.clone(),
+        time_to_protect: previous.time_to_protect.clone(),
+        ..Default::default()
+    };
 
     if let Some(why) = ctx.unreadable_findings.why(finding) {
         status.state = None;
@@ -124,6 +171,10 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
         if delivery.state == DeliveryState::Submitted && delivery.submitted_time.is_none() {
             delivery.submitted_time = Some(now.clone());
         }
+        // What Defender did about the test on that endpoint, from what this partner's engine read.
+        let running = ctx.engines.get(&partner.owner_marker());
+        let correlation = running.as_deref().map(|engine| engine.correlation());
+        let delivery = outcomes::with_outcome(delivery, partner, finding, correlation, previous_delivery, now.0);
         deliveries.push(delivery);
     }
 
@@ -132,6 +183,13 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     let attached = |name: &str| partners.iter().any(|p| p.name_any() == name && decide::attached(p));
     let verdict = decide::finding_ready(finding, &deliveries, attached);
     status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
+    status.outcome = decide::outcomes::best(&deliveries);
+    if let Some((at, took)) =
+        decide::outcomes::protection(&previous, state, finding.observed_time(), &deliveries, now.0)
+    {
+        status.protected_time = Some(at);
+        status.time_to_protect = Some(took);
+    }
     status.deliveries = deliveries;
     status
 }

@@ -4,6 +4,7 @@
 pub mod credentials;
 pub mod decide;
 mod finding;
+pub mod outcomes;
 pub(crate) mod partner;
 mod readable;
 mod status;

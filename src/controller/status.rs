@@ -37,6 +37,11 @@ impl Pruned {
         intended != current
     }
 
+    /// Whether the API server was found not to keep this status field (`protectedTime`) of `kind`.
+    pub fn drops(&self, kind: &str, path: &str) -> bool {
+        self.0.lock().unwrap().get(kind).is_some_and(|paths| paths.contains(path))
+    }
+
     /// Learns from what the server `kept` of a write; returns the paths newly found dropped.
     fn learn<S: Serialize>(&self, kind: &'static str, intended: &S, kept: Option<&S>) -> Vec<String> {
         let (Ok(intended), Ok(kept)) = (serde_json::to_value(intended), serde_json::to_value(kept)) else {

@@ -4,7 +4,8 @@
 //! keeps that view current from its own writes, and each round sends only the difference between
 //! what the findings cache wants and what Defender holds: batch import for what is missing,
 //! batch delete for what `deletionPolicy: Delete` withdraws. Finding reconcilers read the view
-//! to write delivery status; the engine pokes them when something they show changed.
+//! to write delivery status; the engine pokes them when something they show changed. Beside it
+//! runs the partner's outcome correlation (`controller::outcomes`), with the same client.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::decide::batching::{self, Batching, Patience};
 use super::decide::{self, Desired, Holder, PartnerSettings, Remote, SyncReport, ValueStatus};
+use super::outcomes::Correlation;
 use crate::api::finding::IndicatorKey;
 use crate::api::{DefenderPartner, IndicatorType, PartnerReason, ProbeFinding};
 use crate::defender::{
@@ -77,6 +79,9 @@ pub struct Engine {
     view: Arc<Mutex<View>>,
     wake: Arc<Notify>,
     task: JoinHandle<()>,
+    /// Machines and alerts, read beside the indicators (`controller::outcomes`).
+    correlation: Arc<Correlation>,
+    correlator: JoinHandle<()>,
 }
 
 impl Engine {
@@ -85,7 +90,13 @@ impl Engine {
     }
 
     pub fn report(&self) -> SyncReport {
-        self.view.lock().unwrap().report.clone()
+        let report = self.view.lock().unwrap().report.clone();
+        SyncReport { outcomes: Some(self.correlation.report()), ..report }
+    }
+
+    /// What the engine read of Defender's machines and alerts.
+    pub fn correlation(&self) -> &Correlation {
+        &self.correlation
     }
 
     pub fn status_of(&self, key: &IndicatorKey) -> ValueStatus {
@@ -101,12 +112,14 @@ impl Engine {
 
     pub fn wake(&self) {
         self.wake.notify_one();
+        self.correlation.wake();
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         self.task.abort();
+        self.correlator.abort();
     }
 }
 
@@ -148,10 +161,22 @@ impl Engines {
         let (partner_tx, partner_rx) = watch::channel(partner);
         let view = Arc::new(Mutex::new(View::default()));
         let wake = Arc::new(Notify::new());
+        let indicators_read = {
+            let view = view.clone();
+            Box::new(move || view.lock().unwrap().ready)
+        };
+        let (correlation, correlator) = super::outcomes::spawn(
+            client.clone(),
+            partner_rx.clone(),
+            findings.clone(),
+            triggers.clone(),
+            indicators_read,
+        );
         let worker =
             Worker { client, partner: partner_rx, findings, view: view.clone(), wake: wake.clone(), triggers, config };
         let task = tokio::spawn(worker.run());
-        running.insert(key, Arc::new(Engine { identity, partner: partner_tx, view, wake, task }));
+        let engine = Engine { identity, partner: partner_tx, view, wake, task, correlation, correlator };
+        running.insert(key, Arc::new(engine));
         true
     }
 

@@ -66,7 +66,7 @@ impl std::fmt::Debug for ClientOptions {
 }
 
 /// Sees each Defender API call: its operation (`list`, `submit`, `import`, `delete`,
-/// `batch_delete`), HTTP status (`None` when no answer came) and duration.
+/// `batch_delete`, `machines`, `tag`, `avinfo`, `alerts`), HTTP status (`None` when no answer came) and duration.
 pub trait CallObserver: Send + Sync {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
 }
@@ -75,6 +75,10 @@ fn operation(class: EndpointClass, method: &Method) -> &'static str {
     match class {
         EndpointClass::Import => "import",
         EndpointClass::BatchDelete => "batch_delete",
+        EndpointClass::Machines if method == Method::GET => "machines",
+        EndpointClass::Machines => "tag",
+        EndpointClass::AvInfo => "avinfo",
+        EndpointClass::Alerts => "alerts",
         EndpointClass::Other if method == Method::GET => "list",
         EndpointClass::Other if method == Method::DELETE => "delete",
         EndpointClass::Other => "submit",
@@ -136,7 +140,7 @@ fn tenant_is_valid(tenant: &str) -> bool {
 }
 
 /// Percent-encodes an OData query value (spaces as `%20`, quotes and `$` encoded).
-fn encode_query_value(v: &str) -> String {
+pub(super) fn encode_query_value(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
@@ -249,6 +253,11 @@ impl DefenderClient {
                 options,
             }),
         })
+    }
+
+    /// `$top` of each list page.
+    pub(super) fn page_size(&self) -> usize {
+        self.inner.options.list_page_size
     }
 
     /// The API base in use (e.g. `https://api.securitycenter.microsoft.com`).
@@ -497,12 +506,12 @@ impl DefenderClient {
         Ok(outcome)
     }
 
-    fn url(&self, path: &str) -> Result<Url, DefenderError> {
+    pub(super) fn url(&self, path: &str) -> Result<Url, DefenderError> {
         let base = self.inner.api.as_str().trim_end_matches('/');
         Url::parse(&format!("{base}{path}")).map_err(|e| DefenderError::Config(format!("bad API URL: {e}")))
     }
 
-    fn url_with_query(&self, path: &str, query: &str) -> Result<Url, DefenderError> {
+    pub(super) fn url_with_query(&self, path: &str, query: &str) -> Result<Url, DefenderError> {
         let mut url = self.url(path)?;
         url.set_query(Some(query));
         Ok(url)
@@ -510,7 +519,7 @@ impl DefenderClient {
 
     /// One API request: allow-list → token → limiter → send. Returns status and body for any
     /// status but 429 (which becomes `Throttled` after pausing the limiter key).
-    async fn send(
+    pub(super) async fn send(
         &self,
         class: EndpointClass,
         method: Method,

@@ -8,7 +8,8 @@
 //! Layout: [`client`] makes the calls (validation, indicators) through [`ratelimit`] and
 //! [`token`] (the client-credentials flow and its cache, classified by AADSTS code); [`jwt`]
 //! reads the token's claims; [`cloud`] and [`allowlist`] decide the hosts a token may go to;
-//! [`indicators`] holds the wire types; [`error`] the errors and the parsing of error answers.
+//! [`indicators`] holds the wire types; [`error`] the errors and the parsing of error answers;
+//! [`outcomes`] the machines, antivirus health and alerts calls and their wire types.
 
 pub mod allowlist;
 pub mod assertion;
@@ -17,6 +18,7 @@ pub mod cloud;
 pub mod error;
 pub mod indicators;
 pub mod jwt;
+pub mod outcomes;
 pub mod ratelimit;
 pub mod token;
 
@@ -33,6 +35,12 @@ pub use token::{AccessToken, Credentials};
 pub const TI_WRITE_ROLES: [&str; 2] = ["Ti.ReadWrite.All", "Ti.ReadWrite"];
 /// Roles reported when missing, never required.
 pub const OPTIONAL_ROLES: [&str; 2] = ["Machine.Read.All", "Alert.Read.All"];
+/// Reading machines and their antivirus health (`Machine.ReadWrite.All` also does).
+pub const MACHINE_READ_ROLE: &str = "Machine.Read.All";
+/// Reading alerts (`Alert.ReadWrite.All` also does).
+pub const ALERT_READ_ROLE: &str = "Alert.Read.All";
+/// Tagging machines.
+pub const MACHINE_WRITE_ROLE: &str = "Machine.ReadWrite.All";
 /// The `application` field of every indicator the operator creates.
 pub const APPLICATION: &str = "defender-operator";
 /// Defender's fixed cap of active indicators per tenant.

@@ -23,8 +23,14 @@ pub enum EndpointClass {
     Import,
     /// `POST /api/indicators/BatchDelete`
     BatchDelete,
-    /// submit, list, delete-one, machines, alerts
+    /// submit, list, delete-one (indicators)
     Other,
+    /// `GET /api/machines` (and by id, `findbyip`), machine tags: 100/min, 1,500/h
+    Machines,
+    /// `GET /api/deviceavinfo`: 30/min, 1,000/h
+    AvInfo,
+    /// `GET /api/alerts`: 100/min, 1,500/h
+    Alerts,
 }
 
 impl EndpointClass {
@@ -33,6 +39,9 @@ impl EndpointClass {
             EndpointClass::Import => "import",
             EndpointClass::BatchDelete => "batch_delete",
             EndpointClass::Other => "other",
+            EndpointClass::Machines => "machines",
+            EndpointClass::AvInfo => "avinfo",
+            EndpointClass::Alerts => "alerts",
         }
     }
 }
@@ -44,12 +53,24 @@ pub struct RateLimits {
     pub other_per_minute: u32,
     /// Applies to `Other`, and to `BatchDelete` (Defender documents 1,500/h for both).
     pub other_per_hour: u32,
+    /// `GET /api/deviceavinfo` (Defender documents 30/min and 1,000/h). Machines and alerts
+    /// each have the `other` budgets, their own.
+    pub av_info_per_minute: u32,
+    pub av_info_per_hour: u32,
 }
 
 impl Default for RateLimits {
-    /// Just under Defender's documented limits (30/min import and BatchDelete; 100/min, 1,500/h).
+    /// Just under Defender's documented limits (30/min import and BatchDelete; 100/min, 1,500/h;
+    /// deviceavinfo 30/min, 1,000/h).
     fn default() -> Self {
-        RateLimits { import_per_minute: 28, batch_delete_per_minute: 28, other_per_minute: 95, other_per_hour: 1_450 }
+        RateLimits {
+            import_per_minute: 28,
+            batch_delete_per_minute: 28,
+            other_per_minute: 95,
+            other_per_hour: 1_450,
+            av_info_per_minute: 28,
+            av_info_per_hour: 950,
+        }
     }
 }
 
@@ -59,7 +80,10 @@ impl RateLimits {
         match class {
             EndpointClass::Import => (self.import_per_minute, None),
             EndpointClass::BatchDelete => (self.batch_delete_per_minute, Some(self.other_per_hour)),
-            EndpointClass::Other => (self.other_per_minute, Some(self.other_per_hour)),
+            EndpointClass::Other | EndpointClass::Machines | EndpointClass::Alerts => {
+                (self.other_per_minute, Some(self.other_per_hour))
+            }
+            EndpointClass::AvInfo => (self.av_info_per_minute, Some(self.av_info_per_hour)),
         }
     }
 }
@@ -211,6 +235,7 @@ mod tests {
             batch_delete_per_minute: import,
             other_per_minute: other_min,
             other_per_hour: other_hour,
+            ..RateLimits::default()
         }
     }
 
@@ -219,6 +244,23 @@ mod tests {
         let l = RateLimits::default();
         assert_eq!((l.import_per_minute, l.batch_delete_per_minute), (28, 28));
         assert_eq!((l.other_per_minute, l.other_per_hour), (95, 1450));
+        assert_eq!((l.av_info_per_minute, l.av_info_per_hour), (28, 950));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn machines_alerts_and_antivirus_health_have_their_own_budgets() {
+        let rl = RateLimiter::new(RateLimits { av_info_per_minute: 2, ..limits(10, 3, 1000) });
+        for _ in 0..3 {
+            rl.acquire("t", "a", EndpointClass::Other).await;
+        }
+        assert!(!rl.would_allow("t", "a", EndpointClass::Other));
+        for class in [EndpointClass::Machines, EndpointClass::Alerts, EndpointClass::AvInfo] {
+            assert!(rl.would_allow("t", "a", class), "{class:?} does not share the indicators' budget");
+        }
+        rl.acquire("t", "a", EndpointClass::AvInfo).await;
+        rl.acquire("t", "a", EndpointClass::AvInfo).await;
+        assert!(!rl.would_allow("t", "a", EndpointClass::AvInfo), "deviceavinfo has the smaller limit");
+        assert!(rl.would_allow("t", "a", EndpointClass::Machines));
     }
 
     #[tokio::test(start_paused = true)]

@@ -64,22 +64,32 @@ pub async fn run(args: SandboxArgs, shutdown: impl Future<Output = ()>) -> anyho
     without_a_secret(&sandbox).await?;
 
     for (file, yaml) in EXAMPLES {
-        // Partners without `spec.api` would go to Microsoft; in the sandbox they use the emulator.
-        let yaml = yaml.replace("  credentials:\n", &format!("  api: {}\n  credentials:\n", sandbox.defender_api()));
+        // Partners without `spec.api` would go to Microsoft; in the sandbox they use the emulator,
+        // and read its alerts every few seconds rather than minutes.
+        let yaml = yaml.replace(
+            "  credentials:\n",
+            &format!("  api: {}\n  correlation: {{interval: 5s}}\n  credentials:\n", sandbox.defender_api()),
+        );
         let applied = sandbox.apply_yaml(&yaml).await.with_context(|| format!("applying deploy/examples/{file}"))?;
         println!("applied deploy/examples/{file} ({} objects)", applied.len());
     }
+    let mut staging = Staging::start(&sandbox).await?;
 
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut last = String::new();
     loop {
-        let (tables, pending) = snapshot(&sandbox).await?;
+        staging.step(&sandbox).await?;
+        let (tables, mut pending) = snapshot(&sandbox).await?;
+        pending.extend(staging.pending(&sandbox).await?);
         if tables != last {
             println!("\n{tables}");
             last = tables;
         }
         if args.demo && pending.is_empty() {
-            println!("converged: every partner has its verdict and every finding its delivery");
+            println!(
+                "converged: every partner has its verdict, every finding its delivery and its outcome, and \
+                 {TURNS_PROTECTED} its time to protect"
+            );
             return Ok(());
         }
         if args.demo && tokio::time::Instant::now() >= deadline {
@@ -141,7 +151,11 @@ async fn snapshot(sandbox: &Sandbox) -> anyhow::Result<(String, Vec<String>)> {
             status.reason.unwrap_or_default(),
         );
     }
-    text += &format!("\n{:<24} {:<26} {:<13} {:<10} {}\n", "NAMESPACE", "FINDING", "STATE", "DELIVERED", "READY");
+    text += &format!(
+        "\n{:<24} {:<26} {:<13} {:<10} {:<24} {:<12} {:<13} {}\n",
+        "NAMESPACE", "FINDING", "STATE", "DELIVERED", "READY", "OUTCOME", "READINESS", "MACHINE"
+    );
+    let mut protected = String::new();
     for finding in &findings {
         let status = finding.status.clone().unwrap_or_default();
         let namespace = finding.metadata.namespace.clone().unwrap_or_default();
@@ -153,17 +167,140 @@ async fn snapshot(sandbox: &Sandbox) -> anyhow::Result<(String, Vec<String>)> {
         {
             pending.push(format!("finding {namespace}/{name} is not delivered"));
         }
+        let machine = status.deliveries.first().and_then(|d| d.machine.clone());
         text += &format!(
-            "{:<24} {:<26} {:<13} {:<10} {}\n",
+            "{:<24} {:<26} {:<13} {:<10} {:<24} {:<12} {:<13} {}\n",
             namespace,
             name,
             status
                 .state
                 .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap_or_default().to_string())
                 .unwrap_or_default(),
-            status.delivered.unwrap_or_default(),
+            status.delivered.clone().unwrap_or_default(),
             ready.map(|c| format!("{} ({})", c.status, c.reason)).unwrap_or_default(),
+            status.outcome.map(|o| o.as_str()).unwrap_or_default(),
+            machine.as_ref().map(|m| m.readiness.as_str()).unwrap_or_default(),
+            machine.and_then(|m| m.name).unwrap_or_default(),
         );
+        if let (Some(took), Some(at)) = (&status.time_to_protect, &status.protected_time) {
+            protected += &format!(
+                "{namespace}/{name}: PROTECTED at {at} ({took} after its indicator was submitted; Defender \
+                 documents 15 minutes to 2 hours in a real tenant)\n",
+                at = at.0.strftime("%H:%M:%S")
+            );
+        }
+    }
+    if !protected.is_empty() {
+        text += &format!("\n{protected}");
     }
     Ok((text, pending))
+}
+
+/// The finding that comes back PROTECTED once its indicator is in Defender.
+const TURNS_PROTECTED: &str = "office-macro-laptop-7";
+/// A finding Defender never alerted on, observed before its window closed.
+const MISSED: &str = "lateral-movement-laptop-7";
+
+/// What the demo makes Defender do so that every outcome shows: the example tests that ran
+/// UNPROTECTED on `laptop-7` raise alerts (Detected), one more test observed three hours ago
+/// raised none (NotDetected: its two-hour window is over), and once Defender holds the office
+/// macro's indicator its next run comes back PROTECTED (Prevented, with its time to protect).
+/// The others show Prevented (a PROTECTED result), Pending (a machine in passive mode, window
+/// open) and Unknown (an endpoint Defender does not know).
+struct Staging {
+    /// When the office macro's detection was first shown.
+    shown: Option<tokio::time::Instant>,
+    flipped: bool,
+}
+
+/// How long the demo's Defender takes to enforce the office macro's indicator (a real one takes
+/// 15 minutes to 2 hours).
+const ENFORCED_AFTER: Duration = Duration::from_secs(8);
+
+impl Staging {
+    async fn start(sandbox: &Sandbox) -> anyhow::Result<Self> {
+        use defender_sandbox::emulator::{TestOutcome, TestRun, sandbox_values::TENANT_ID};
+        for name in [TURNS_PROTECTED, "ransomware-sim-laptop-7"] {
+            let hash = example_hash(name)?;
+            sandbox.defender.run_test(TENANT_ID, TestRun::new("laptop-7", &hash, TestOutcome::Detected));
+        }
+        let observed = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(3);
+        let missed = format!(
+            "apiVersion: detect.dev/v1alpha1\nkind: ProbeFinding\nmetadata: {{name: {MISSED}, namespace: default}}\n\
+             spec:\n  test: {{id: 0b2d4f6a-8c1e-4a3c-9e5f-7a9c1e3b5d7f, name: Will lateral movement be detected?}}\n  \
+             endpoint: {{hostname: laptop-7}}\n  state: UNPROTECTED\n  observedTime: '{observed}'\n  \
+             indicators:\n    - {{type: FileSha256, value: {}}}\n",
+            "4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8a0b2d4f6a8c0e2b4d6f8a0c2e4b6d"
+        );
+        sandbox.apply_yaml(&missed).await.context("applying the demo's NotDetected finding")?;
+        println!("staged: alerts for two tests on laptop-7; {MISSED}, observed three hours ago, without one");
+        Ok(Staging { shown: None, flipped: false })
+    }
+
+    /// Once the office macro's indicator is in Defender and its detection shown, and Defender had
+    /// a few seconds to enforce it, the test runs again and is blocked.
+    async fn step(&mut self, sandbox: &Sandbox) -> anyhow::Result<()> {
+        use defender_sandbox::emulator::{TestOutcome, TestRun, sandbox_values::TENANT_ID};
+        use kube::api::{Patch, PatchParams};
+        if self.flipped {
+            return Ok(());
+        }
+        let api = Api::<ProbeFinding>::namespaced(sandbox.admin.clone(), "default");
+        let Some(finding) = api.get_opt(TURNS_PROTECTED).await? else { return Ok(()) };
+        let shown = finding.status.as_ref().and_then(|s| s.deliveries.first()).is_some_and(|d| {
+            d.state == crate::api::DeliveryState::Submitted && d.detection == Some(crate::api::Detection::Detected)
+        });
+        if !shown {
+            return Ok(());
+        }
+        let since = *self.shown.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < ENFORCED_AFTER {
+            return Ok(());
+        }
+        let hash = example_hash(TURNS_PROTECTED)?;
+        sandbox.defender.run_test(TENANT_ID, TestRun::new("laptop-7", &hash, TestOutcome::Prevented));
+        let rerun =
+            serde_json::json!({"spec": {"state": "PROTECTED", "observedTime": jiff::Timestamp::now().to_string()}});
+        api.patch(TURNS_PROTECTED, &PatchParams::default(), &Patch::Merge(&rerun)).await?;
+        println!("staged: {TURNS_PROTECTED} ran again after its indicator reached Defender, and was blocked");
+        self.flipped = true;
+        Ok(())
+    }
+
+    /// What is still missing for the demo to have shown everything.
+    async fn pending(&self, sandbox: &Sandbox) -> anyhow::Result<Vec<String>> {
+        use crate::api::Detection;
+        let findings =
+            Api::<ProbeFinding>::namespaced(sandbox.admin.clone(), "default").list(&ListParams::default()).await?;
+        let mut pending = Vec::new();
+        let shown: Vec<Detection> = findings.items.iter().filter_map(|f| f.status.as_ref()?.outcome).collect();
+        for outcome in Detection::ALL {
+            if !shown.contains(outcome) {
+                pending.push(format!("no finding shows {outcome} yet"));
+            }
+        }
+        for finding in &findings.items {
+            let name = finding.metadata.name.clone().unwrap_or_default();
+            let status = finding.status.clone().unwrap_or_default();
+            if status.outcome.is_none() {
+                pending.push(format!("finding default/{name} has no outcome"));
+            }
+            if name == TURNS_PROTECTED && status.time_to_protect.is_none() {
+                pending.push(format!("{TURNS_PROTECTED} has no time to protect"));
+            }
+        }
+        Ok(pending)
+    }
+}
+
+/// The first hash of an example finding (deploy/examples/findings.yaml).
+fn example_hash(name: &str) -> anyhow::Result<String> {
+    for document in serde_yaml_ng::Deserializer::from_str(EXAMPLES[1].1) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(document)?;
+        if value["metadata"]["name"] == name {
+            let hash = value["spec"]["indicators"][0]["value"].as_str().context("an indicator value")?;
+            return Ok(hash.to_string());
+        }
+    }
+    anyhow::bail!("no example finding {name}")
 }

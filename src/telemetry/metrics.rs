@@ -53,6 +53,8 @@ pub struct Metrics {
     pub defender_throttled: Family<OperationLabels, Counter>,
     /// Status fields the API server did not keep (an older CRD prunes them), each counted once.
     pub status_writes_not_kept: Family<KindLabels, Counter>,
+    /// From a finding's indicators being submitted to the finding reporting PROTECTED.
+    pub time_to_protect: Histogram,
 }
 
 impl Default for Metrics {
@@ -109,6 +111,13 @@ impl Default for Metrics {
              once: they are no longer written",
             status_writes_not_kept.clone(),
         );
+        // 30 s to about 68 h: Defender enforces file indicators in 15 minutes to 2 hours.
+        let time_to_protect = Histogram::new(exponential_buckets(30.0, 2.0, 14));
+        registry.register(
+            "time_to_protect_seconds",
+            "From a finding's indicators being submitted to Defender to the finding reporting PROTECTED",
+            time_to_protect.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -122,6 +131,7 @@ impl Default for Metrics {
             defender_request_duration,
             defender_throttled,
             status_writes_not_kept,
+            time_to_protect,
         }
     }
 }

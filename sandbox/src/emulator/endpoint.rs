@@ -21,6 +21,8 @@ pub enum Endpoint {
     MachineAlerts,
     /// `POST /api/machines/{id}/tags`
     MachineTags,
+    /// `POST /api/machines/AddOrRemoveTagForMultipleMachines`
+    TagMachines,
     /// `GET /api/deviceavinfo` (its own, smaller, rate limit)
     DeviceAvInfo,
     /// `GET /api/alerts`

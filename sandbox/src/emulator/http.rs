@@ -120,6 +120,9 @@ fn route(method: &Method, path: &str) -> Route {
         [i, id] if is(i, "indicators") && m == Method::DELETE => (Endpoint::DeleteIndicator, Some(id.to_string())),
         [i, id] if is(i, "indicators") && m == Method::GET => (Endpoint::Other, Some(id.to_string())),
         [x] if is(x, "machines") && m == Method::GET => (Endpoint::Machines, None),
+        [x, call] if is(x, "machines") && is(call, "AddOrRemoveTagForMultipleMachines") && m == Method::POST => {
+            (Endpoint::TagMachines, None)
+        }
         [x, call] if is(x, "machines") && m == Method::GET && starts_with_ignore_case(call, "findbyip(") => {
             (Endpoint::FindMachinesByIp, Some(percent_decode(call)))
         }
@@ -278,7 +281,7 @@ fn accepted_roles(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Machines | Endpoint::MachineById | Endpoint::FindMachinesByIp | Endpoint::DeviceAvInfo => {
             MACHINE_ROLES
         }
-        Endpoint::MachineTags => MACHINE_WRITE_ROLES,
+        Endpoint::MachineTags | Endpoint::TagMachines => MACHINE_WRITE_ROLES,
         Endpoint::Alerts | Endpoint::AlertById | Endpoint::MachineAlerts => ALERT_ROLES,
         _ => TI_ROLES,
     }
@@ -369,6 +372,7 @@ impl ApiCall<'_> {
             | Endpoint::MachineById
             | Endpoint::FindMachinesByIp
             | Endpoint::MachineTags
+            | Endpoint::TagMachines
             | Endpoint::DeviceAvInfo
             | Endpoint::MachineAlerts
             | Endpoint::Alerts
@@ -573,6 +577,10 @@ impl ApiCall<'_> {
                 let body = self.json_body()?;
                 machines().tag(tenant, id, &body, base)
             }
+            Endpoint::TagMachines => {
+                let body = self.json_body()?;
+                machines().tag_many(tenant, &body, base)
+            }
             Endpoint::DeviceAvInfo => machines().av_info(tenant, query, base),
             Endpoint::MachineAlerts => {
                 let machine_id = machines().id_of(tenant, id).ok_or_else(|| machine_store::not_found(id))?;
@@ -618,6 +626,7 @@ mod tests {
         assert_eq!(r(Method::GET, "/api/machines/abc/alerts"), Some(Endpoint::MachineAlerts));
         assert_eq!(r(Method::POST, "/api/machines/abc/tags"), Some(Endpoint::MachineTags));
         assert_eq!(r(Method::GET, "/api/machines/abc/tags"), None);
+        assert_eq!(r(Method::POST, "/api/machines/AddOrRemoveTagForMultipleMachines"), Some(Endpoint::TagMachines));
         assert_eq!(r(Method::GET, "/api/deviceavinfo"), Some(Endpoint::DeviceAvInfo));
         assert_eq!(r(Method::GET, "/api/alerts"), Some(Endpoint::Alerts));
         assert_eq!(r(Method::GET, "/api/v1.0/alerts/da1_2"), Some(Endpoint::AlertById));

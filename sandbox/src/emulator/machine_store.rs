@@ -69,6 +69,8 @@ const FIND_BY_IP_WINDOW: SignedDuration = SignedDuration::from_mins(15);
 const FIND_BY_IP_MAX_AGE: SignedDuration = SignedDuration::from_hours(24 * 30);
 /// Longest tag accepted (the API's limit is undocumented; device tags in the registry hold 200).
 const MAX_TAG_LEN: usize = 200;
+/// Most machines one `AddOrRemoveTagForMultipleMachines` call names.
+const MAX_TAG_MACHINES: usize = 500;
 
 struct Record {
     machine: Value,
@@ -297,6 +299,65 @@ impl Machines {
             tags.retain(|v| v.as_str() != Some(tag.as_str()));
         }
         Ok(entity(machine.clone(), base))
+    }
+
+    /// `POST /api/machines/AddOrRemoveTagForMultipleMachines` with `{"Value", "Action",
+    /// "MachineIds": [...]}` (at most 500): all or nothing; an unknown id is a 404 naming it.
+    pub(crate) fn tag_many(&mut self, tenant: &str, body: &Value, base: &str) -> Result<Value, ApiError> {
+        let (tag, add) = parse_tag_body(body)?;
+        let ids = match body.get("MachineIds") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::new(400, "MissingRequiredParameter", "Parameter MachineIds is missing"));
+            }
+            Some(Value::Array(ids)) => ids,
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "InvalidRequestBody",
+                    "Request body is incorrect: 'MachineIds' must be an array",
+                ));
+            }
+        };
+        if ids.is_empty() || ids.len() > MAX_TAG_MACHINES {
+            return Err(ApiError::new(
+                400,
+                "InvalidInput",
+                format!("Invalid input MachineIds: 1 to {MAX_TAG_MACHINES} machine ids, got {}", ids.len()),
+            ));
+        }
+        let t = self.tenants.entry(tenant.to_owned()).or_default();
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            let id = id.as_str().unwrap_or_default();
+            match t.records.iter().position(|r| id_of(&r.machine).eq_ignore_ascii_case(id)) {
+                Some(i) => found.push(i),
+                None => missing.push(id.to_owned()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ApiError::new(
+                404,
+                "ResourceNotFound",
+                format!("Machines were not found: {}", missing.join(", ")),
+            ));
+        }
+        let mut machines = Vec::new();
+        for i in found {
+            let machine = &mut t.records[i].machine;
+            if !machine["machineTags"].is_array() {
+                machine["machineTags"] = Value::Array(Vec::new());
+            }
+            let tags = machine["machineTags"].as_array_mut().expect("an array");
+            let present = tags.iter().any(|v| v.as_str() == Some(tag.as_str()));
+            if add && !present {
+                tags.push(Value::String(tag.clone()));
+            } else if !add {
+                tags.retain(|v| v.as_str() != Some(tag.as_str()));
+            }
+            machines.push(machine.clone());
+        }
+        Ok(serde_json::json!({"@odata.context": format!("{base}/$metadata#Machines"), "value": machines}))
     }
 
     /// `GET /api/deviceavinfo`: onboarded machines that report antivirus health.

@@ -103,6 +103,9 @@
 //! - Tags: `Value` 1–200 characters (else `InvalidInput`); `Action` `Add`/`Remove` matched
 //!   case-insensitively; tags compare exactly; adding a present tag or removing an absent one
 //!   answers 200 with the machine unchanged. Needs `Machine.ReadWrite.All` only.
+//!   `AddOrRemoveTagForMultipleMachines` takes the same body plus `MachineIds` (1 to 500) and is
+//!   all or nothing: an unknown id → 404 `ResourceNotFound` naming it, nothing tagged; it answers
+//!   the machines as a collection.
 //! - `GET /api/deviceavinfo`: `Machine.ReadWrite.All` is accepted as well as the documented
 //!   `Machine.Read.All`. Rows only for onboarded machines that report antivirus health; `id` =
 //!   `machineId`; `computerDnsName` is the first DNS label (as in the documented sample); times

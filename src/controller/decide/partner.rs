@@ -386,13 +386,16 @@ fn attached(
         status.missing_permissions = validation.missing_optional.clone();
         status.last_validated_time = Some(now.clone());
     }
-    let (state, verdicts) = partner_conditions(
+    let (state, mut verdicts) = partner_conditions(
         &Attachment::Attached {
             granted: status.granted_permissions.clone(),
             missing_optional: status.missing_permissions.clone(),
         },
         report,
     );
+    let correlation = report.and_then(|r| r.outcomes.as_ref());
+    let mut outcomes = correlation.and_then(|o| o.counts.clone());
+    super::outcomes::keep_while_reading(&mut verdicts, &mut outcomes, correlation, previous);
     DefenderPartnerStatus {
         state: Some(state),
         reason: Some(PartnerReason::Attached.to_string()),
@@ -416,6 +419,7 @@ fn attached(
             external: r.external,
         }),
         quota: report.filter(|r| r.ready).map(|r| TenantQuota { used: r.tenant_total, limit: r.tenant_cap }),
+        outcomes,
         ..status
     }
 }
@@ -494,6 +498,8 @@ pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (P
                     ),
                     Verdict::new(PERMISSIONS_GRANTED, true, Granted, permissions_message),
                     synced,
+                    // Never affects Ready.
+                    super::outcomes::available(sync.and_then(|r| r.outcomes.as_ref())),
                 ],
             )
         }
@@ -519,6 +525,7 @@ pub fn partner_conditions(verdict: &Attachment, sync: Option<&SyncReport>) -> (P
                     credentials,
                     permissions,
                     Verdict::new(INDICATORS_SYNCED, false, Detached, "nothing is pushed while detached"),
+                    super::outcomes::not_attached(),
                 ],
             )
         }
@@ -717,6 +724,34 @@ mod tests {
         assert_eq!(credentials.status, "True");
     }
 
+    fn available() -> super::super::outcomes::CorrelationReport {
+        let state = super::super::outcomes::CorrelationState::Available;
+        super::super::outcomes::CorrelationReport { state, ..Default::default() }
+    }
+
+    #[test]
+    fn outcomes_available_never_affects_ready() {
+        let attached = Attachment::Attached { granted: vec!["Ti.ReadWrite.All".into()], missing_optional: vec![] };
+        let missing = super::super::outcomes::CorrelationState::MissingRoles(vec!["Machine.Read.All"]);
+        let report = super::super::outcomes::CorrelationReport { state: missing, ..Default::default() };
+        let sync = SyncReport { ready: true, outcomes: Some(report), ..Default::default() };
+        let (state, verdicts) = partner_conditions(&attached, Some(&sync));
+        let by_type = |t: &str| verdicts.iter().find(|v| v.type_ == t).unwrap().clone();
+        assert_eq!(state, PartnerState::Attached);
+        assert!(by_type(READY).status);
+        let outcomes = by_type(crate::api::outcome::OUTCOMES_AVAILABLE);
+        assert_eq!((outcomes.status, outcomes.reason), (false, "MissingPermission"));
+        let detached = Attachment::Detached {
+            reason: PartnerReason::InvalidSecret,
+            message: "m".into(),
+            credentials_ok: false,
+            permissions_ok: None,
+        };
+        let (_, verdicts) = partner_conditions(&detached, None);
+        let outcomes = verdicts.iter().find(|v| v.type_ == crate::api::outcome::OUTCOMES_AVAILABLE).unwrap();
+        assert!(outcomes.unknown && outcomes.reason == "NotAttached");
+    }
+
     #[test]
     fn partner_conditions_follow_the_verdict() {
         let (state, verdicts) = partner_conditions(
@@ -724,7 +759,7 @@ mod tests {
                 granted: vec!["Ti.ReadWrite.All".into()],
                 missing_optional: vec!["Alert.Read.All".into()],
             },
-            Some(&SyncReport { ready: true, submitted: 3, ..Default::default() }),
+            Some(&SyncReport { ready: true, submitted: 3, outcomes: Some(available()), ..Default::default() }),
         );
         assert_eq!(state, PartnerState::Attached);
         assert!(verdicts.iter().all(|v| v.status));

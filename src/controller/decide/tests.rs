@@ -17,6 +17,7 @@ fn partner(name: &str) -> DefenderPartner {
             indicator: Default::default(),
             deletion_policy: Default::default(),
             revalidate_interval: "1h".into(),
+            correlation: Default::default(),
         },
     );
     partner.metadata.namespace = Some("ns".into());
@@ -343,6 +344,9 @@ fn delivered_as(partner: &str, state: DeliveryState, message: Option<&str>) -> D
         indicators: vec![],
         submitted_time: None,
         message: message.map(str::to_string),
+        machine: None,
+        detection: None,
+        alerts: vec![],
     }
 }
 
