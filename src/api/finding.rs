@@ -98,6 +98,17 @@ fn ip_address_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 pub struct PartnerRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// `DefenderPartner` (default, in the finding's namespace) or `ClusterDefenderPartner`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<PartnerKind>,
+}
+
+/// The two kinds of partner a finding can name.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PartnerKind {
+    #[default]
+    DefenderPartner,
+    ClusterDefenderPartner,
 }
 
 /// One indicator of a tested binary. Hash values are hex of the type's length, any case.

@@ -13,7 +13,7 @@ pub use finding::{
 };
 pub use outcome::{Detection, OutcomesReason, Readiness};
 pub use partner::{
-    Cloud, CredentialsType, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy,
+    CLUSTER_KIND, Cloud, ClusterDefenderPartner, ClusterDefenderPartnerSpec, CredentialsType, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy,
     IndicatorAction, PartnerState, Severity,
 };
 pub use reason::{EventReason, FindingReason, Outlook, PartnerReason};
@@ -30,7 +30,7 @@ pub const REVALIDATE_ANNOTATION: &str = "detect.dev/revalidate";
 /// All CRDs the operator serves, in the order `crd` prints them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![DefenderPartner::crd(), ProbeFinding::crd()]
+    vec![DefenderPartner::crd(), ProbeFinding::crd(), ClusterDefenderPartner::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, exactly what `crds/` holds.

@@ -81,6 +81,12 @@ pub struct DefenderPartnerSpec {
     /// Defender did about each test (`Prevented`, `Detected`, `NotDetected`).
     #[serde(default)]
     pub correlation: super::outcome::Correlation,
+
+    /// A ClusterDefenderPartner's `namespaceSelector`, on the namespaced view the operator works
+    /// with (see [`ClusterDefenderPartner::as_partner`]); never part of a DefenderPartner's API.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 /// The label selector's schema with `matchExpressions[].operator` limited to the operators
@@ -416,13 +422,71 @@ impl DefenderPartnerSpec {
 }
 
 impl DefenderPartner {
-    /// The marker written into `externalId` of every indicator this partner owns.
+    /// The marker written into `externalId` of every indicator this partner owns:
+    /// `<namespace>/<name>`, or `ClusterDefenderPartner/<name>` for a cluster-wide partner.
     pub fn owner_marker(&self) -> String {
-        format!(
-            "{}/{}",
-            self.metadata.namespace.as_deref().unwrap_or_default(),
-            self.metadata.name.as_deref().unwrap_or_default()
-        )
+        match &self.metadata.namespace {
+            Some(namespace) => format!("{namespace}/{}", self.metadata.name.as_deref().unwrap_or_default()),
+            None => self.delivery_name(),
+        }
+    }
+
+    /// How findings' deliveries name it: its name, or `ClusterDefenderPartner/<name>`.
+    pub fn delivery_name(&self) -> String {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        match self.metadata.namespace {
+            Some(_) => name.to_string(),
+            None => format!("{CLUSTER_KIND}/{name}"),
+        }
+    }
+
+    /// Whether this is the namespaced view of a ClusterDefenderPartner.
+    pub fn is_cluster_wide(&self) -> bool {
+        self.metadata.namespace.is_none()
+    }
+}
+
+/// The kind of the cluster-wide partner, as deliveries and `partnerRef.kind` name it.
+pub const CLUSTER_KIND: &str = "ClusterDefenderPartner";
+
+/// A Defender tenant for the whole cluster: a `DefenderPartner` that receives the ProbeFindings
+/// of every namespace its `namespaceSelector` selects. Its credentials (Secret, ServiceAccount)
+/// live in the operator's own namespace, never in a user's.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "detect.dev",
+    version = "v1alpha1",
+    kind = "ClusterDefenderPartner",
+    status = "DefenderPartnerStatus",
+    shortname = "cdp",
+    category = "detect",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Tenant","type":"string","jsonPath":".status.tenantId"}"#,
+    printcolumn = r#"{"name":"Indicators","type":"integer","jsonPath":".status.indicators.submitted"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    doc = "A Microsoft Defender for Endpoint tenant for the whole cluster: a DefenderPartner whose credentials live in the operator's namespace and which receives the UNPROTECTED ProbeFindings of every namespace its namespaceSelector selects."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterDefenderPartnerSpec {
+    #[serde(flatten)]
+    pub partner: DefenderPartnerSpec,
+    /// Which namespaces' ProbeFindings it receives (default: every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "finding_selector_schema")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+impl ClusterDefenderPartner {
+    /// The partner as the operator works with every partner: no namespace, the spec with its
+    /// `namespaceSelector`, the same metadata and status.
+    pub fn as_partner(&self) -> DefenderPartner {
+        let mut spec = self.spec.partner.clone();
+        spec.namespace_selector = self.spec.namespace_selector.clone();
+        let mut metadata = self.metadata.clone();
+        metadata.namespace = None;
+        DefenderPartner { metadata, spec, status: self.status.clone() }
     }
 }
 
