@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Name of the Lease used for leader election.
     #[arg(long, env = "LEASE_NAME", default_value = "defender-operator")]
     pub lease_name: String,
+    /// Where ClusterDefenderPartners' credentials (Secrets, ServiceAccounts) live; default: the
+    /// pod's namespace in a cluster, else `default`. Never a user's namespace.
+    #[arg(long, env = "CLUSTER_RESOURCE_NAMESPACE")]
+    pub cluster_resource_namespace: Option<String>,
     /// Namespace of the Lease; default: the pod's namespace in a cluster, else `default`.
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
@@ -95,6 +99,10 @@ impl RunArgs {
         let allowlist = AllowList::new(&self.api_allowlist).map_err(|e| anyhow::anyhow!("--api-allowlist: {e}"))?;
         Ok(controller::Config {
             namespace: self.namespace.clone(),
+            cluster_resource_namespace: self
+                .cluster_resource_namespace
+                .clone()
+                .unwrap_or_else(crate::lease::default_namespace),
             host_policy: HostPolicy { allowlist, authority_override: self.authority_url.clone() },
             request_timeout: Some(std::time::Duration::from_secs(self.defender_timeout_seconds)),
             ..Default::default()

@@ -40,6 +40,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Config {
     /// Watch one namespace only (a namespaced install), or all.
     pub namespace: Option<String>,
+    /// Where ClusterDefenderPartners' credentials live (the operator's own namespace).
+    pub cluster_resource_namespace: String,
     pub host_policy: HostPolicy,
     pub engine: EngineConfig,
     pub rate_limits: Option<RateLimits>,

@@ -131,6 +131,7 @@ impl Sandbox {
         let allowlist = AllowList::new(&["http://127.0.0.1:*".to_string()]).expect("a valid allow-list entry");
         controller::Config {
             namespace: self.options.watch_namespace.clone(),
+            cluster_resource_namespace: OPERATOR_NAMESPACE.into(),
             host_policy: HostPolicy { allowlist, authority_override: Some(self.defender.url()) },
             engine: self.options.engine.clone(),
             rate_limits: None,

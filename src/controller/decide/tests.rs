@@ -18,6 +18,7 @@ fn partner(name: &str) -> DefenderPartner {
             deletion_policy: Default::default(),
             revalidate_interval: "1h".into(),
             correlation: Default::default(),
+            namespace_selector: None,
         },
     );
     partner.metadata.namespace = Some("ns".into());
@@ -82,7 +83,7 @@ fn partner_ref_and_selector_pick_findings() {
     red.metadata.labels = Some([("team".to_string(), "red".to_string())].into());
     let blue = finding("blue", TestState::Unprotected, &[&hash('b')]);
     let mut pinned = finding("pinned", TestState::Unprotected, &[&hash('c')]);
-    pinned.spec.partner_ref = Some(PartnerRef { name: "plain".into() });
+    pinned.spec.partner_ref = Some(PartnerRef { name: "plain".into(), kind: None });
 
     assert!(selects(&labelled, &red) && !selects(&labelled, &blue) && !selects(&labelled, &pinned));
     assert!(selects(&plain, &red) && selects(&plain, &blue) && selects(&plain, &pinned));
