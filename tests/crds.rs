@@ -30,9 +30,13 @@ fn the_binary_prints_the_same_crds() {
 fn crds_carry_the_api_contract() {
     let crds = defender_operator::api::crds();
     let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
-    assert_eq!(names, ["defenderpartners.detect.dev", "probefindings.detect.dev"]);
+    assert_eq!(
+        names,
+        ["defenderpartners.detect.dev", "probefindings.detect.dev", "clusterdefenderpartners.detect.dev"]
+    );
     for crd in &crds {
-        assert_eq!(crd.spec.scope, "Namespaced");
+        let cluster_wide = crd.spec.names.kind == "ClusterDefenderPartner";
+        assert_eq!(crd.spec.scope, if cluster_wide { "Cluster" } else { "Namespaced" });
         assert_eq!(crd.spec.names.categories.as_deref(), Some(&["detect".to_string()][..]));
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
@@ -49,6 +53,13 @@ fn crds_carry_the_api_contract() {
     let columns: Vec<_> =
         crds[0].spec.versions[0].additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.clone()).collect();
     assert_eq!(columns, ["State", "Tenant", "Indicators", "Reason", "Age", "Message"]);
+    // A ClusterDefenderPartner shows what a DefenderPartner shows, and is `cdp`.
+    let cluster = &crds[2];
+    assert_eq!(cluster.spec.names.short_names.as_deref(), Some(&["cdp".to_string()][..]));
+    assert_eq!(
+        cluster.spec.versions[0].additional_printer_columns,
+        crds[0].spec.versions[0].additional_printer_columns
+    );
 }
 
 fn api_error(e: kube::Error) -> Box<kube::core::Status> {

@@ -284,7 +284,10 @@ fn the_default_install_renders_hardened() {
         .filter(|o| o["kind"] == "CustomResourceDefinition")
         .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(crds, set(&["defenderpartners.detect.dev", "probefindings.detect.dev"]));
+    assert_eq!(
+        crds,
+        set(&["defenderpartners.detect.dev", "probefindings.detect.dev", "clusterdefenderpartners.detect.dev"])
+    );
     assert_namespaced(&objects);
     assert_least_privilege(&objects);
     assert_operator_rules(&objects, "ClusterRole");
@@ -318,11 +321,21 @@ fn the_namespaced_overlay_renders_with_a_role_only() {
     let args = assert_hardened_deployment(&objects);
     assert!(args.contains(&"--namespace=$(POD_NAMESPACE)".to_string()), "watches its own namespace: {args:?}");
 
-    // The Role holds exactly the ClusterRole's rules of the default install.
+    // The Role holds exactly the ClusterRole's rules of the default install but the cluster-wide
+    // ones (ClusterDefenderPartners, namespaces), which a Role cannot grant.
     let cluster = render("deploy");
+    let cluster_wide = |rule: &&Value| {
+        strs(&rule["resources"]).iter().any(|r| r.starts_with("clusterdefenderpartners") || r == "namespaces")
+    };
+    let namespaced: Vec<&Value> = one(&cluster, "ClusterRole", "defender-operator")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| !cluster_wide(rule))
+        .collect();
     assert_eq!(
-        one(&objects, "Role", "defender-operator")["rules"],
-        one(&cluster, "ClusterRole", "defender-operator")["rules"]
+        one(&objects, "Role", "defender-operator")["rules"].as_array().unwrap().iter().collect::<Vec<_>>(),
+        namespaced
     );
 }
 

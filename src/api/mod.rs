@@ -13,8 +13,8 @@ pub use finding::{
 };
 pub use outcome::{Detection, OutcomesReason, Readiness};
 pub use partner::{
-    CLUSTER_KIND, Cloud, ClusterDefenderPartner, ClusterDefenderPartnerSpec, CredentialsType, DefenderPartner, DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy,
-    IndicatorAction, PartnerState, Severity,
+    CLUSTER_KIND, Cloud, ClusterDefenderPartner, ClusterDefenderPartnerSpec, CredentialsType, DefenderPartner,
+    DefenderPartnerSpec, DefenderPartnerStatus, DeletionPolicy, IndicatorAction, PartnerState, Severity,
 };
 pub use reason::{EventReason, FindingReason, Outlook, PartnerReason};
 

@@ -12,6 +12,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
+
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
@@ -29,13 +30,15 @@ const CLIENT_ANNOTATION: &str = "azure.workload.identity/client-id";
 /// used at once, for one token request to Entra.
 const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 600;
 
-/// The partner's credentials, or why they cannot be used.
+/// The partner's credentials, or why they cannot be used; its Secret and ServiceAccount are in
+/// `namespace` (the partner's own, or the operator's for a ClusterDefenderPartner).
 pub async fn read(
     partner: &DefenderPartner,
+    namespace: &str,
     client: &Client,
 ) -> Result<Result<(Credentials, Usable), Unusable>, kube::Error> {
     let spec = &partner.spec.credentials;
-    let namespace = partner.namespace().unwrap_or_default();
+    let namespace = namespace.to_string();
     match (spec.type_, &spec.secret_ref, &spec.service_account_ref) {
         (CredentialsType::WorkloadIdentity, _, Some(account)) => federated(partner, client, &namespace, account).await,
         (CredentialsType::ClientSecret | CredentialsType::Certificate, Some(reference), _) => {

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 
 use crate::api::conditions::{INDICATORS_SYNCED, READY, Verdict};
-use crate::api::finding::{DeliveredIndicator, IndicatorKey};
+use crate::api::finding::{DeliveredIndicator, IndicatorKey, PartnerKind};
 use crate::api::partner::IndicatorSettings;
 use crate::api::{
     DefenderPartner, Delivery, DeliveryState, FindingReason, IndicatorAction, PartnerReason, PartnerState,
@@ -20,25 +20,78 @@ use crate::api::{
 };
 use crate::defender::{APPLICATION, NewIndicator};
 
-/// Does `partner` receive `finding`? Same namespace, `partnerRef` (if any) names it, and its
-/// `findingSelector` (if any) matches the finding's labels.
-pub fn selects(partner: &DefenderPartner, finding: &ProbeFinding) -> bool {
-    if partner.metadata.namespace != finding.metadata.namespace {
-        return false;
+/// The labels of every namespace the operator watches, for ClusterDefenderPartners'
+/// `namespaceSelector`s.
+pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
+
+/// Which findings a partner receives, worked out once for many findings.
+pub struct Selection {
+    /// A DefenderPartner's namespace; `None` for a ClusterDefenderPartner.
+    namespace: Option<String>,
+    /// For a ClusterDefenderPartner: the namespaces its `namespaceSelector` selects.
+    namespaces: Option<std::collections::HashSet<String>>,
+    name: String,
+    kind: PartnerKind,
+    /// `None` selects every finding; an unparseable selector selects none.
+    finding_selector: Option<Option<Selector>>,
+}
+
+impl Selection {
+    pub fn of(partner: &DefenderPartner, namespaces: &NamespaceLabels) -> Self {
+        let parse = |selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+            Selector::try_from(selector.clone()).ok()
+        };
+        let cluster = partner.is_cluster_wide();
+        let selected = cluster.then(|| {
+            let selector = partner.spec.namespace_selector.as_ref().map(parse);
+            namespaces
+                .iter()
+                .filter(|(_, labels)| match &selector {
+                    None => true,
+                    Some(Some(selector)) => selector.matches(labels),
+                    // An unparseable selector selects nothing rather than everything.
+                    Some(None) => false,
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        });
+        Self {
+            namespace: partner.metadata.namespace.clone(),
+            namespaces: selected,
+            name: partner.metadata.name.clone().unwrap_or_default(),
+            kind: if cluster { PartnerKind::ClusterDefenderPartner } else { PartnerKind::DefenderPartner },
+            finding_selector: partner.spec.finding_selector.as_ref().map(parse),
+        }
     }
-    if let Some(partner_ref) = &finding.spec.partner_ref
-        && Some(&partner_ref.name) != partner.metadata.name.as_ref()
-    {
-        return false;
+
+    /// Does the partner receive `finding`? Its namespace is the partner's (or one the cluster
+    /// partner's `namespaceSelector` selects), `partnerRef` (if any) names it, and its
+    /// `findingSelector` (if any) matches the finding's labels.
+    pub fn selects(&self, finding: &ProbeFinding) -> bool {
+        let in_scope = match (&self.namespace, &self.namespaces) {
+            (Some(namespace), _) => finding.metadata.namespace.as_ref() == Some(namespace),
+            (None, Some(namespaces)) => finding.metadata.namespace.as_ref().is_some_and(|ns| namespaces.contains(ns)),
+            (None, None) => false,
+        };
+        if !in_scope {
+            return false;
+        }
+        if let Some(partner_ref) = &finding.spec.partner_ref
+            && (partner_ref.name != self.name || partner_ref.kind.unwrap_or_default() != self.kind)
+        {
+            return false;
+        }
+        match &self.finding_selector {
+            None => true,
+            Some(Some(selector)) => selector.matches(finding.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())),
+            Some(None) => false,
+        }
     }
-    match &partner.spec.finding_selector {
-        None => true,
-        Some(selector) => match Selector::try_from(selector.clone()) {
-            Ok(selector) => selector.matches(finding.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())),
-            // An unparseable selector selects nothing rather than everything.
-            Err(_) => false,
-        },
-    }
+}
+
+/// Does `partner` receive `finding`? See [`Selection::selects`].
+pub fn selects(partner: &DefenderPartner, finding: &ProbeFinding, namespaces: &NamespaceLabels) -> bool {
+    Selection::of(partner, namespaces).selects(finding)
 }
 
 /// When a finding's indicators stop being worth pushing: its observation time plus the partner's
@@ -84,10 +137,12 @@ pub fn desired<'a>(
     partner: &DefenderPartner,
     settings: &PartnerSettings,
     findings: impl IntoIterator<Item = &'a ProbeFinding>,
+    namespaces: &NamespaceLabels,
     now: Timestamp,
 ) -> Desired {
     let mut desired = Desired::default();
-    for finding in findings.into_iter().filter(|f| selects(partner, f)) {
+    let selection = Selection::of(partner, namespaces);
+    for finding in findings.into_iter().filter(|f| selection.selects(f)) {
         let Ok(keys) = finding.indicator_keys() else { continue };
         desired.referenced.extend(keys.iter().cloned());
         if finding.effective_state() != TestState::Unprotected {
@@ -187,6 +242,23 @@ pub struct Plan {
     pub over_quota: Vec<IndicatorKey>,
 }
 
+/// A value Defender holds, as the engine of its tenant and app keeps it: whose it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub id: String,
+    /// The marker of the partner that created it (`externalId`), when it is of our application;
+    /// `None`: someone else's.
+    pub owner: Option<String>,
+}
+
+/// One partner of an engine, as a round plans for it.
+pub struct Member<'a> {
+    pub marker: &'a str,
+    pub desired: &'a Desired,
+    pub delete_withdrawn: bool,
+}
+
+/// The plan of one partner alone (see [`plan_members`]); `remote`'s values held by `Us` are its.
 pub fn plan(
     desired: &Desired,
     remote: &HashMap<IndicatorKey, Remote>,
@@ -194,29 +266,92 @@ pub fn plan(
     tenant_total: usize,
     cap: usize,
 ) -> Plan {
+    const MARKER: &str = "the partner";
+    let held: HashMap<IndicatorKey, Held> = remote
+        .iter()
+        .map(|(key, remote)| {
+            let owner = (remote.holder == Holder::Us).then(|| MARKER.to_string());
+            (key.clone(), Held { id: remote.id.clone(), owner })
+        })
+        .collect();
+    plan_members(&[Member { marker: MARKER, desired, delete_withdrawn }], &held, tenant_total, cap)
+}
+
+/// The sync plan of one tenant and app for a round, over all its partners: push what no one
+/// holds yet — once, with the first partner (by marker) that wants it — within the tenant's cap;
+/// withdraw, for each partner with `deletionPolicy: Delete`, what it created and none of its live
+/// findings refers to, unless another partner of the engine still wants it.
+pub fn plan_members(members: &[Member], held: &HashMap<IndicatorKey, Held>, tenant_total: usize, cap: usize) -> Plan {
     let mut plan = Plan::default();
     let mut room = cap.saturating_sub(tenant_total);
-    for (key, indicator) in &desired.push {
-        if remote.contains_key(key) {
-            continue;
+    let mut members: Vec<&Member> = members.iter().collect();
+    members.sort_by_key(|m| m.marker);
+    let mut planned: BTreeSet<&IndicatorKey> = BTreeSet::new();
+    for member in &members {
+        for (key, indicator) in &member.desired.push {
+            if held.contains_key(key) || !planned.insert(key) {
+                continue;
+            }
+            if room == 0 {
+                plan.over_quota.push(key.clone());
+                continue;
+            }
+            room -= 1;
+            plan.push.push(indicator.clone());
         }
-        if room == 0 {
-            plan.over_quota.push(key.clone());
-            continue;
-        }
-        room -= 1;
-        plan.push.push(indicator.clone());
     }
-    if delete_withdrawn {
-        let mut withdraw: Vec<String> = remote
-            .iter()
-            .filter(|(key, remote)| remote.holder == Holder::Us && !desired.referenced.contains(*key))
-            .map(|(_, remote)| remote.id.clone())
-            .collect();
-        withdraw.sort();
-        plan.withdraw = withdraw;
+    for member in members.iter().filter(|m| m.delete_withdrawn) {
+        let wanted_elsewhere = |key: &IndicatorKey| members.iter().any(|m| m.desired.push.contains_key(key));
+        plan.withdraw.extend(
+            held.iter()
+                .filter(|(key, held)| {
+                    held.owner.as_deref() == Some(member.marker)
+                        && !member.desired.referenced.contains(*key)
+                        && !wanted_elsewhere(key)
+                })
+                .map(|(_, held)| held.id.clone()),
+        );
     }
+    plan.withdraw.sort();
     plan
+}
+
+/// What one partner of an engine reports: its wants against the engine's view (`(ready,
+/// tenant_total, cap)`), its values over the cap, and the round's error.
+pub fn member_report(
+    member: &Member,
+    held: &HashMap<IndicatorKey, Held>,
+    failed: &HashMap<IndicatorKey, String>,
+    over_quota: usize,
+    (ready, tenant_total, cap): (bool, usize, usize),
+    error: Option<(PartnerReason, String)>,
+) -> SyncReport {
+    let mut report = SyncReport {
+        ready,
+        desired: member.desired.push.len() as u32,
+        over_quota: over_quota as u32,
+        tenant_total: tenant_total as u32,
+        tenant_cap: cap as u32,
+        error,
+        ..Default::default()
+    };
+    // Held by this partner, or by another partner of the engine (written once for both): held
+    // for it. Anyone else's: external.
+    for key in member.desired.push.keys() {
+        match held.get(key).map(|h| h.owner.is_some()) {
+            Some(true) => report.submitted += 1,
+            Some(false) => report.external += 1,
+            None if failed.contains_key(key) => report.failed += 1,
+            None => report.pending += 1,
+        }
+    }
+    // Values that stay for live findings no longer asking for them (a later PROTECTED result is
+    // the indicator working) are in Defender for this partner too.
+    let kept = member.desired.referenced.iter().filter(|key| !member.desired.push.contains_key(*key));
+    let kept = kept.filter(|key| held.get(*key).is_some_and(|h| h.owner.as_deref() == Some(member.marker))).count();
+    report.desired += kept as u32;
+    report.submitted += kept as u32;
+    report
 }
 
 /// What the sync engine knows about one value, for a finding's delivery status.
@@ -367,7 +502,8 @@ pub fn partner_delivery(
     engine: Result<&dyn Fn(&IndicatorKey) -> ValueStatus, &str>,
     previous: Option<&Delivery>,
 ) -> Delivery {
-    let name = partner.metadata.name.as_deref().unwrap_or_default();
+    let name = partner.delivery_name();
+    let name = name.as_str();
     match expiry(finding, &partner.spec.indicator) {
         Ok(expires) => {
             let expired = expires.filter(|at| *at <= now).map(|at| {

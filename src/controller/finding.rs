@@ -27,8 +27,10 @@ pub async fn reconcile(finding: Arc<ProbeFinding>, ctx: Arc<Context>) -> Result<
 
 async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result<Action, Error> {
     let partners: Vec<Arc<DefenderPartner>> = {
-        let mut partners: Vec<_> = ctx.partners.state().into_iter().filter(|p| decide::selects(p, finding)).collect();
-        partners.sort_by_key(|p| p.name_any());
+        let namespaces = ctx.caches().namespace_labels();
+        let mut partners: Vec<_> =
+            ctx.all_partners().into_iter().filter(|p| decide::selects(p, finding, &namespaces)).collect();
+        partners.sort_by_key(|p| p.delivery_name());
         partners
     };
     let status = finding_status(finding, &partners, ctx);
@@ -133,11 +135,12 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
     if let Some(partner_ref) = &finding.spec.partner_ref
         && partners.is_empty()
     {
-        let named = ctx
-            .partners
-            .state()
-            .into_iter()
-            .find(|p| p.namespace() == finding.namespace() && p.name_any() == partner_ref.name);
+        let cluster = partner_ref.kind == Some(crate::api::finding::PartnerKind::ClusterDefenderPartner);
+        let named = ctx.all_partners().into_iter().find(|p| {
+            p.is_cluster_wide() == cluster
+                && (cluster || p.namespace() == finding.namespace())
+                && p.name_any() == partner_ref.name
+        });
         let verdict = decide::partner_ref_not_found(&partner_ref.name, named.as_deref());
         status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
         return status;
@@ -145,7 +148,7 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
 
     let mut deliveries: Vec<Delivery> = Vec::new();
     for partner in partners {
-        let name = partner.name_any();
+        let name = partner.delivery_name();
         let previous_delivery = previous.deliveries.iter().find(|d| d.partner == name);
         let engine = ctx.engines.get(&partner.owner_marker()).filter(|e| e.ready());
         // An attached partner whose engine has not read Defender yet (e.g. after a restart):
@@ -172,15 +175,15 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
             delivery.submitted_time = Some(now.clone());
         }
         // What Defender did about the test on that endpoint, from what this partner's engine read.
-        let running = ctx.engines.get(&partner.owner_marker());
-        let correlation = running.as_deref().map(|engine| engine.correlation());
+        let correlation = ctx.engines.get(&partner.owner_marker()).and_then(|engine| engine.correlation());
+        let correlation = correlation.as_deref();
         let delivery = outcomes::with_outcome(delivery, partner, finding, correlation, previous_delivery, now.0);
         deliveries.push(delivery);
     }
 
     let done = deliveries.iter().filter(|d| decide::delivered(d)).count();
     status.delivered = Some(format!("{done}/{}", deliveries.len()));
-    let attached = |name: &str| partners.iter().any(|p| p.name_any() == name && decide::attached(p));
+    let attached = |name: &str| partners.iter().any(|p| p.delivery_name() == name && decide::attached(p));
     let verdict = decide::finding_ready(finding, &deliveries, attached);
     status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
     status.outcome = decide::outcomes::best(&deliveries);

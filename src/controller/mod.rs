@@ -10,13 +10,13 @@ mod readable;
 mod status;
 pub mod sync;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -27,10 +27,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
-use crate::api::{DefenderPartner, ProbeFinding};
+use crate::api::{CLUSTER_KIND, ClusterDefenderPartner, DefenderPartner, ProbeFinding};
 use crate::defender::{HostPolicy, RateLimiter, RateLimits};
 use crate::telemetry::{Health, Metrics};
-use sync::{EngineConfig, Engines, Triggers};
+use sync::{Caches, EngineConfig, Engines, Triggers};
 
 /// How long in-flight reconciles may finish after shutdown (the Deployment allows 30 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -109,8 +109,12 @@ pub struct Context {
     /// Findings and partners the API server holds but the operator cannot read, and why.
     pub unreadable_findings: Arc<readable::Unreadable<ProbeFinding>>,
     pub unreadable_partners: Arc<readable::Unreadable<DefenderPartner>>,
+    pub unreadable_cluster_partners: Arc<readable::Unreadable<ClusterDefenderPartner>>,
     pub partners: Store<DefenderPartner>,
+    pub cluster_partners: Store<ClusterDefenderPartner>,
     pub findings: Store<ProbeFinding>,
+    /// Namespaces' labels, for ClusterDefenderPartners (empty in a namespaced install).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub recorder: Recorder,
     pub triggers: Triggers,
     pub metrics: Arc<Metrics>,
@@ -122,6 +126,31 @@ pub struct Context {
 }
 
 impl Context {
+    /// Every partner, ClusterDefenderPartners as their namespaced views.
+    pub fn all_partners(&self) -> Vec<Arc<DefenderPartner>> {
+        let cluster = self.cluster_partners.state().into_iter().map(|p| Arc::new(p.as_partner()));
+        self.partners.state().into_iter().chain(cluster).collect()
+    }
+
+    /// Where a partner's Secret and ServiceAccount are: its namespace, or the operator's own for a
+    /// ClusterDefenderPartner (never a user's).
+    pub fn credentials_namespace(&self, partner: &DefenderPartner) -> String {
+        partner.metadata.namespace.clone().unwrap_or_else(|| self.config.cluster_resource_namespace.clone())
+    }
+
+    /// Why the partner (of either kind) could not be read, if it could not.
+    pub fn unreadable_partner(&self, partner: &DefenderPartner) -> Option<String> {
+        match partner.metadata.namespace {
+            Some(_) => self.unreadable_partners.why_meta(&partner.metadata),
+            None => self.unreadable_cluster_partners.why_meta(&partner.metadata),
+        }
+    }
+
+    /// What the engines read.
+    pub fn caches(&self) -> Caches {
+        Caches { findings: self.findings.clone(), namespaces: self.namespaces.clone() }
+    }
+
     fn succeeded(&self, key: &str) {
         self.failures.lock().unwrap().remove(key);
     }
@@ -187,19 +216,22 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let (finding_tx, finding_rx) = mpsc::unbounded_channel();
     let (partner_tx, partner_rx) = mpsc::unbounded_channel();
+    let (cluster_partner_tx, cluster_partner_rx) = mpsc::unbounded_channel();
+    // ClusterDefenderPartners and namespaces need cluster-wide rights: a namespaced install has
+    // neither.
+    let cluster_wide = config.namespace.is_none();
 
     let (findings, writer) = reflector::store::<ProbeFinding>();
     let (partner_cache, partner_writer) = reflector::store::<DefenderPartner>();
     let unreadable_partners = Arc::new(readable::Unreadable::default());
-    let partner_events = partner_events(
-        &client,
-        &config,
+    let partner_stream = partner_events(
+        untyped::<DefenderPartner>(&client, &config),
         partner_writer,
         unreadable_partners.clone(),
         findings.clone(),
         finding_tx.clone(),
     );
-    let partner_controller = Controller::for_stream(partner_events, partner_cache);
+    let partner_controller = Controller::for_stream(partner_stream, partner_cache);
     let partners = partner_controller.store();
     let secret_index = Arc::new(SecretIndex::default());
     let secrets_to_partners = secret_index.clone();
@@ -214,7 +246,38 @@ pub async fn run(
         .reconcile_on(UnboundedReceiverStream::new(partner_rx))
         .graceful_shutdown_on(shutdown.clone());
 
+    let (cluster_partner_cache, cluster_partner_writer) = reflector::store::<ClusterDefenderPartner>();
+    let unreadable_cluster_partners = Arc::new(readable::Unreadable::default());
+    let cluster_partner_events = partner_events(
+        Api::all_with(client.clone(), &ApiResource::erase::<ClusterDefenderPartner>(&())),
+        cluster_partner_writer,
+        unreadable_cluster_partners.clone(),
+        findings.clone(),
+        finding_tx.clone(),
+    );
+    let cluster_partner_controller = Controller::for_stream(cluster_partner_events, cluster_partner_cache);
+    let cluster_partners = cluster_partner_controller.store();
+    let secrets_to_cluster_partners = secret_index.clone();
+    let cluster_partner_controller = cluster_partner_controller
+        // Their Secrets are in the operator's namespace only.
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.cluster_resource_namespace),
+            watcher::Config::default(),
+            move |secret| secrets_to_cluster_partners.cluster_partners_using(&secret),
+        )
+        .reconcile_on(UnboundedReceiverStream::new(cluster_partner_rx))
+        .graceful_shutdown_on(shutdown.clone());
+
     let engines = Arc::new(Engines::default());
+    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let namespace_events = namespace_events(
+        &client,
+        namespace_writer,
+        engines.clone(),
+        findings.clone(),
+        finding_tx.clone(),
+        shutdown.clone(),
+    );
     let unreadable_findings = Arc::new(readable::Unreadable::default());
     let finding_events = finding_events(&client, &config, writer, engines.clone(), unreadable_findings.clone());
     let finding_controller = Controller::for_stream(finding_events, findings)
@@ -236,9 +299,12 @@ pub async fn run(
         engines,
         unreadable_findings,
         unreadable_partners,
+        unreadable_cluster_partners,
         partners,
+        cluster_partners,
         findings,
-        triggers: Triggers { findings: finding_tx, partners: partner_tx },
+        namespaces,
+        triggers: Triggers { findings: finding_tx, partners: partner_tx, cluster_partners: cluster_partner_tx },
         failures: Mutex::default(),
         pruned: status::Pruned::default(),
         secret_index,
@@ -246,9 +312,14 @@ pub async fn run(
         config,
     });
     let (partner_cache, finding_cache) = (ctx.partners.clone(), ctx.findings.clone());
+    let (cluster_partner_cache, namespace_cache) = (ctx.cluster_partners.clone(), ctx.namespaces.clone());
     tokio::spawn(async move {
         synced(&partner_cache).await;
         synced(&finding_cache).await;
+        if cluster_wide {
+            synced(&cluster_partner_cache).await;
+            synced(&namespace_cache).await;
+        }
         health.set_ready(true);
     });
 
@@ -259,21 +330,28 @@ pub async fn run(
         }
         futures::future::ready(())
     });
+    let cluster_partners =
+        cluster_partner_controller.run(partner::reconcile, partner::error_policy, ctx.clone()).for_each(|result| {
+            if let Err(error) = result {
+                log_controller_error(CLUSTER_KIND, &error);
+            }
+            futures::future::ready(())
+        });
     let finding_ctx = ctx.clone();
     let findings = finding_controller.run(finding::reconcile, finding::error_policy, ctx).for_each(move |result| {
         match result {
-            // A finding went away: its partners' engines recompute what to withdraw.
-            Err(kube::runtime::controller::Error::ObjectNotFound(gone)) => {
-                if let Some(namespace) = &gone.namespace {
-                    finding_ctx.engines.wake_namespace(namespace);
-                }
-            }
+            // A finding went away: the engines recompute what to withdraw.
+            Err(kube::runtime::controller::Error::ObjectNotFound(_)) => finding_ctx.engines.wake_all(),
             Err(error) => log_controller_error("ProbeFinding", &error),
             Ok(_) => {}
         }
         futures::future::ready(())
     });
-    drain([partners.boxed(), findings.boxed()], shutdown).await;
+    if cluster_wide {
+        drain([partners.boxed(), findings.boxed(), cluster_partners.boxed(), namespace_events.boxed()], shutdown).await;
+    } else {
+        drain([partners.boxed(), findings.boxed()], shutdown).await;
+    }
 }
 
 /// Runs the controllers, each on its own task so both cores work, until they stop after
@@ -297,34 +375,38 @@ async fn drain<const N: usize>(
     }
 }
 
-/// The partners' watch, cached in `cache`: read one by one (an unreadable partner is recorded in
-/// `unreadable` and reported on its own). Only what is worth a reconcile passes (see
+/// The watch of one kind of partner, cached in `cache`: read one by one (an unreadable partner is
+/// recorded in `unreadable` and reported on its own). Only what is worth a reconcile passes (see
 /// [`partner_changed`]): the reconciler's own status writes do not wake it, or a failed
 /// validation would be retried at once, past its backoff.
-fn partner_events(
-    client: &Client,
-    config: &Config,
-    cache: reflector::store::Writer<DefenderPartner>,
-    unreadable: Arc<readable::Unreadable<DefenderPartner>>,
+fn partner_events<K>(
+    api: Api<DynamicObject>,
+    cache: reflector::store::Writer<K>,
+    unreadable: Arc<readable::Unreadable<K>>,
     findings: Store<ProbeFinding>,
     finding_queue: mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
-) -> impl futures::Stream<Item = Result<DefenderPartner, watcher::Error>> + Send + 'static {
-    let mut last_seen: HashMap<ObjectRef<DefenderPartner>, PartnerFacts> = HashMap::new();
-    watcher::watcher(untyped::<DefenderPartner>(client, config), watcher::Config::default())
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: partner::PartnerObject + readable::Readable,
+{
+    let mut last_seen: HashMap<String, PartnerFacts> = HashMap::new();
+    watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .map_ok(move |event| unreadable.read(event))
         .reflect(cache)
         // Findings name their partners' states: once the cache holds a partner's new state, spec
-        // or deletion (or it is gone), the findings of its namespace are reconciled.
+        // or deletion (or it is gone), the findings it may receive are reconciled.
         .inspect_ok(move |event| {
             let changed = match event {
                 watcher::Event::Apply(partner) | watcher::Event::InitApply(partner) => {
-                    let facts = PartnerFacts::of(partner);
-                    (last_seen.insert(ObjectRef::from_obj(partner), facts.clone()) != Some(facts)).then_some(partner)
+                    let view = partner.view();
+                    let facts = PartnerFacts::of(&view);
+                    (last_seen.insert(view.owner_marker(), facts.clone()) != Some(facts)).then_some(view)
                 }
                 watcher::Event::Delete(partner) => {
-                    last_seen.remove(&ObjectRef::from_obj(partner));
-                    Some(partner)
+                    let view = partner.view();
+                    last_seen.remove(&view.owner_marker());
+                    Some(view)
                 }
                 _ => None,
             };
@@ -334,6 +416,34 @@ fn partner_events(
         })
         .touched_objects()
         .predicate_filter(partner_changed, Default::default())
+}
+
+/// Namespaces (metadata only) for ClusterDefenderPartners' `namespaceSelector`s: a namespace whose
+/// labels change is reconsidered by every engine, and its findings are reconciled.
+fn namespace_events(
+    client: &Client,
+    cache: reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    engines: Arc<Engines>,
+    findings: Store<ProbeFinding>,
+    finding_queue: mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut labels: HashMap<String, Option<std::collections::BTreeMap<String, String>>> = HashMap::new();
+    watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(cache)
+        .touched_objects()
+        .take_until(shutdown)
+        .for_each(move |namespace| {
+            if let Ok(namespace) = namespace {
+                let name = namespace.metadata.name.clone().unwrap_or_default();
+                if labels.insert(name.clone(), namespace.metadata.labels.clone()) != Some(namespace.metadata.labels) {
+                    engines.wake_all();
+                    wake_findings_in(Some(&name), &findings, &finding_queue);
+                }
+            }
+            futures::future::ready(())
+        })
 }
 
 /// The findings' watch, cached in `cache`: read one by one (an unreadable finding is recorded in
@@ -360,20 +470,21 @@ fn finding_events(
             if observed != finding.metadata.generation
                 && let Some(namespace) = &finding.metadata.namespace
             {
-                tracing::trace!(finding = ?finding.metadata.name, "new or changed finding in the cache");
-                engines.wake_namespace(namespace);
+                tracing::trace!(finding = ?finding.metadata.name, namespace, "new or changed finding in the cache");
+                engines.wake_all();
             }
         })
 }
 
-/// Queues a reconcile of every finding in `namespace`.
+/// Queues a reconcile of every finding in `namespace` (`None`: in every namespace, as a
+/// ClusterDefenderPartner may receive them).
 pub fn wake_findings_in(
     namespace: Option<&str>,
     findings: &Store<ProbeFinding>,
     queue: &mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
 ) {
     for finding in findings.state() {
-        if finding.metadata.namespace.as_deref() == namespace {
+        if namespace.is_none() || finding.metadata.namespace.as_deref() == namespace {
             let _ = queue.send(ObjectRef::from_obj(&*finding));
         }
     }
@@ -402,9 +513,9 @@ impl PartnerFacts {
 
 /// What is worth a partner reconcile: its spec (generation), its deletion, its finalizers and its
 /// annotations (annotating a partner asks for a re-validation now) — not its status.
-fn partner_changed(partner: &DefenderPartner) -> Option<u64> {
+fn partner_changed<K: Resource>(partner: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let meta = &partner.metadata;
+    let meta = partner.meta();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (meta.generation, meta.deletion_timestamp.is_some(), &meta.finalizers, &meta.annotations).hash(&mut hasher);
     Some(hasher.finish())
@@ -422,45 +533,55 @@ where
 }
 
 /// Which partners read which Secret, so that a Secret event reaches exactly its partners.
-/// Kept by the partner reconciler; read by the Secret watch's mapper.
+/// Kept by the partner reconciler; read by the Secret watches' mappers.
 #[derive(Default)]
 pub struct SecretIndex {
-    /// (namespace, Secret name) → partner names.
-    users: Mutex<HashMap<(String, String), std::collections::BTreeSet<String>>>,
+    /// (namespace, Secret name) → the partners that read it.
+    users: Mutex<HashMap<(String, String), BTreeSet<PartnerId>>>,
+}
+
+/// A partner as (namespace, name): no namespace for a ClusterDefenderPartner.
+type PartnerId = (Option<String>, String);
+
+fn partner_id(partner: &DefenderPartner) -> PartnerId {
+    (partner.metadata.namespace.clone(), partner.name_any())
 }
 
 impl SecretIndex {
-    /// Records the Secret `partner` uses now (forgetting the one it used before).
-    pub fn record(&self, partner: &DefenderPartner) {
-        let (namespace, name) = (partner.namespace().unwrap_or_default(), partner.name_any());
+    /// Records the Secret `partner` uses now, in `namespace` (forgetting the one it used before).
+    pub fn record(&self, partner: &DefenderPartner, namespace: &str) {
+        let id = partner_id(partner);
         let mut users = self.users.lock().unwrap();
-        remove_user(&mut users, &namespace, &name);
+        remove_user(&mut users, &id);
         if let Some(secret) = &partner.spec.credentials.secret_ref {
-            users.entry((namespace, secret.name.clone())).or_default().insert(name);
+            users.entry((namespace.to_string(), secret.name.clone())).or_default().insert(id);
         }
     }
 
     pub fn forget(&self, partner: &DefenderPartner) {
-        let (namespace, name) = (partner.namespace().unwrap_or_default(), partner.name_any());
-        remove_user(&mut self.users.lock().unwrap(), &namespace, &name);
+        remove_user(&mut self.users.lock().unwrap(), &partner_id(partner));
+    }
+
+    fn users_of(&self, secret: &PartialObjectMeta<Secret>) -> Vec<PartnerId> {
+        let key =
+            (secret.metadata.namespace.clone().unwrap_or_default(), secret.metadata.name.clone().unwrap_or_default());
+        self.users.lock().unwrap().get(&key).map(|ids| ids.iter().cloned().collect()).unwrap_or_default()
     }
 
     fn partners_using(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<DefenderPartner>> {
-        let namespace = secret.metadata.namespace.clone().unwrap_or_default();
-        let key = (namespace.clone(), secret.metadata.name.clone().unwrap_or_default());
-        let users = self.users.lock().unwrap();
-        users
-            .get(&key)
-            .map(|names| names.iter().map(|name| ObjectRef::new(name).within(&namespace)).collect())
-            .unwrap_or_default()
+        let ids = self.users_of(secret).into_iter();
+        ids.filter_map(|(namespace, name)| Some(ObjectRef::new(&name).within(&namespace?))).collect()
+    }
+
+    fn cluster_partners_using(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<ClusterDefenderPartner>> {
+        let ids = self.users_of(secret).into_iter();
+        ids.filter(|(namespace, _)| namespace.is_none()).map(|(_, name)| ObjectRef::new(&name)).collect()
     }
 }
 
-fn remove_user(users: &mut HashMap<(String, String), std::collections::BTreeSet<String>>, namespace: &str, name: &str) {
-    for ((ns, _), partners) in users.iter_mut() {
-        if ns == namespace {
-            partners.remove(name);
-        }
+fn remove_user(users: &mut HashMap<(String, String), BTreeSet<PartnerId>>, id: &PartnerId) {
+    for partners in users.values_mut() {
+        partners.remove(id);
     }
     users.retain(|_, partners| !partners.is_empty());
 }
@@ -505,15 +626,15 @@ mod tests {
     #[test]
     fn a_secret_maps_to_the_partners_of_its_namespace_that_use_it() {
         let index = SecretIndex::default();
-        index.record(&partner("a", "p1", "creds"));
-        index.record(&partner("a", "p2", "creds"));
-        index.record(&partner("b", "p3", "creds"));
+        index.record(&partner("a", "p1", "creds"), "a");
+        index.record(&partner("a", "p2", "creds"), "a");
+        index.record(&partner("b", "p3", "creds"), "b");
         assert_eq!(names(index.partners_using(&secret("a", "creds"))), ["p1", "p2"]);
         assert_eq!(names(index.partners_using(&secret("b", "creds"))), ["p3"]);
         assert!(index.partners_using(&secret("a", "other")).is_empty());
 
         // p1 moves to another Secret; p2 is deleted.
-        index.record(&partner("a", "p1", "other"));
+        index.record(&partner("a", "p1", "other"), "a");
         index.forget(&partner("a", "p2", "creds"));
         assert!(index.partners_using(&secret("a", "creds")).is_empty());
         assert_eq!(names(index.partners_using(&secret("a", "other"))), ["p1"]);

@@ -14,18 +14,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::decide::Selection;
 use super::decide::outcomes::{
     self as judge, Access, AlertBook, CorrelationReport, CorrelationState, EndpointKey, EndpointRef, Evaluation, Fleet,
     Matched, Snapshot,
 };
-use super::decide::selects;
-use super::sync::Triggers;
+use super::sync::{Caches, Triggers};
 use crate::api::outcome::Correlation as Spec;
 use crate::api::{DefenderPartner, Delivery, ProbeFinding};
 use crate::defender::outcomes::{Machine, odata_string};
@@ -96,20 +96,20 @@ pub fn with_outcome(
 pub fn spawn(
     client: DefenderClient,
     partner: watch::Receiver<Arc<DefenderPartner>>,
-    findings: Store<ProbeFinding>,
+    caches: Caches,
     triggers: Triggers,
     indicators_read: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> (Arc<Correlation>, JoinHandle<()>) {
     let shared = Arc::new(Correlation::default());
     let state = State::default();
-    let correlator = Correlator { client, partner, findings, triggers, shared: shared.clone(), state, indicators_read };
+    let correlator = Correlator { client, partner, caches, triggers, shared: shared.clone(), state, indicators_read };
     (shared, tokio::spawn(correlator.run()))
 }
 
 struct Correlator {
     client: DefenderClient,
     partner: watch::Receiver<Arc<DefenderPartner>>,
-    findings: Store<ProbeFinding>,
+    caches: Caches,
     triggers: Triggers,
     shared: Arc<Correlation>,
     state: State,
@@ -151,7 +151,7 @@ struct Scan {
 impl Correlator {
     async fn run(mut self) {
         let marker = self.partner.borrow().owner_marker();
-        super::synced(&self.findings).await;
+        super::synced(&self.caches.findings).await;
         // The indicators first: they are what the partner is for, and one large read at a time
         // keeps a start's memory down.
         while !(self.indicators_read)() {
@@ -295,8 +295,9 @@ impl Correlator {
     fn scan(&self, partner: &DefenderPartner, machines_ok: bool) -> Scan {
         let mut scan = Scan::default();
         let fleet = &self.state.fleet;
-        for finding in self.findings.state() {
-            if !selects(partner, &finding) {
+        let selection = Selection::of(partner, &self.caches.namespace_labels());
+        for finding in self.caches.findings.state() {
+            if !selection.selects(&finding) {
                 continue;
             }
             if let Some(observed) = finding.observed_time() {
@@ -444,8 +445,9 @@ impl Correlator {
         let mut detections = Vec::new();
         let mut seen = HashSet::new();
         let mut poked = 0;
-        for finding in self.findings.state() {
-            if !selects(partner, &finding) || finding.indicator_keys().is_err() {
+        let selection = Selection::of(partner, &self.caches.namespace_labels());
+        for finding in self.caches.findings.state() {
+            if !selection.selects(&finding) || finding.indicator_keys().is_err() {
                 continue;
             }
             let evaluation = judge::evaluate(&finding, spec, snapshot, now);
@@ -498,7 +500,7 @@ impl Correlator {
         if *current != report {
             *current = report;
             drop(current);
-            let _ = self.triggers.partners.send(ObjectRef::from_obj(partner));
+            self.triggers.partner(partner);
         }
     }
 }

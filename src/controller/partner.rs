@@ -13,20 +13,60 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::decide::partner::{self as decide, Decision, EngineStep, Next, Unusable, Usable};
-use super::{Context, Error, object_key};
+use super::{Context, Error};
 use crate::api::partner::DefenderPartnerStatus;
 use crate::api::reason::{Outlook, Reason};
-use crate::api::{DefenderPartner, DeletionPolicy, DeliveryState, EventReason, FINALIZER, PartnerReason, PartnerState};
+use crate::api::{
+    CLUSTER_KIND, ClusterDefenderPartner, DefenderPartner, DeletionPolicy, DeliveryState, EventReason, FINALIZER,
+    PartnerReason, PartnerState,
+};
 use crate::defender::{ClientOptions, Credentials, DefenderClient};
 
-pub async fn reconcile(partner: Arc<DefenderPartner>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<DefenderPartner> = Api::namespaced(ctx.client.clone(), &partner.namespace().unwrap_or_default());
-    let key = object_key(&*partner);
-    let timer = ctx.metrics.reconcile("DefenderPartner");
-    let action = finalizer(&api, FINALIZER, partner, |event| async {
+/// A partner of either kind: a DefenderPartner, or a ClusterDefenderPartner worked with as its
+/// namespaced view ([`ClusterDefenderPartner::as_partner`]).
+pub trait PartnerObject:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    fn view(&self) -> DefenderPartner;
+    /// The API that holds it (namespaced or cluster-wide).
+    fn api(&self, client: kube::Client) -> Api<Self>;
+}
+
+impl PartnerObject for DefenderPartner {
+    fn view(&self) -> DefenderPartner {
+        self.clone()
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+}
+
+impl PartnerObject for ClusterDefenderPartner {
+    fn view(&self) -> DefenderPartner {
+        self.as_partner()
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+pub async fn reconcile<K: PartnerObject>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api = object.api(ctx.client.clone());
+    let key = partner_key(&object.view());
+    let timer = ctx.metrics.reconcile(if object.meta().namespace.is_some() { "DefenderPartner" } else { CLUSTER_KIND });
+    let action = finalizer(&api, FINALIZER, object, |event| async {
         match event {
-            Finalizing::Apply(partner) => apply(partner, &ctx).await,
-            Finalizing::Cleanup(partner) => cleanup(partner, &ctx).await,
+            Finalizing::Apply(object) => apply(Arc::new(object.view()), &ctx).await,
+            Finalizing::Cleanup(object) => cleanup(Arc::new(object.view()), &ctx).await,
         }
     })
     .await
@@ -38,10 +78,15 @@ pub async fn reconcile(partner: Arc<DefenderPartner>, ctx: Arc<Context>) -> Resu
     Ok(action)
 }
 
+/// The backoff key of a partner of either kind.
+fn partner_key(partner: &DefenderPartner) -> String {
+    format!("partner/{}", partner.owner_marker())
+}
+
 /// Partners by state and indicators by delivery state, from the caches and the engines.
 fn record_gauges(ctx: &Context) {
     use crate::telemetry::metrics::StateLabels;
-    let partners = ctx.partners.state();
+    let partners = ctx.all_partners();
     for state in [PartnerState::Attached, PartnerState::Detached] {
         let count = partners.iter().filter(|p| p.status.as_ref().and_then(|s| s.state) == Some(state)).count();
         ctx.metrics.partners.get_or_create(&StateLabels { state: state.as_str() }).set(count as i64);
@@ -68,15 +113,15 @@ fn record_gauges(ctx: &Context) {
     ctx.metrics.quota_used.set(quota);
 }
 
-pub fn error_policy(partner: Arc<DefenderPartner>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.backoff(&object_key(&*partner), error)
+pub fn error_policy<K: PartnerObject>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.backoff(&partner_key(&object.view()), error)
 }
 
 /// Read, decide, act: the spec alone may decide (suspended, unusable spec); else the Secret is
 /// read, and the last validation kept or Entra and Defender asked; one place then acts.
 async fn apply(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, Error> {
-    ctx.secret_index.record(&partner);
-    let unreadable = ctx.unreadable_partners.why(&partner);
+    ctx.secret_index.record(&partner, &ctx.credentials_namespace(&partner));
+    let unreadable = ctx.unreadable_partner(&partner);
     if let Some(decision) = decide::from_spec(&partner, unreadable.as_deref()) {
         return act(&partner, decision, None, ctx).await;
     }
@@ -108,7 +153,8 @@ struct Connection {
 /// Reads the credentials and builds the partner's Defender client, or says why they cannot be
 /// used.
 async fn connect(partner: &DefenderPartner, ctx: &Context) -> Result<Result<Connection, Unusable>, Error> {
-    let (credentials, usable) = match super::credentials::read(partner, &ctx.client).await? {
+    let namespace = ctx.credentials_namespace(partner);
+    let (credentials, usable) = match super::credentials::read(partner, &namespace, &ctx.client).await? {
         Ok(read) => read,
         Err(unusable) => return Ok(Err(unusable)),
     };
@@ -169,7 +215,7 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
     if partner.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
     }
-    if let Some(why) = ctx.unreadable_partners.why(&partner) {
+    if let Some(why) = ctx.unreadable_partner(&partner) {
         let note = format!("indicators were left in Defender: this operator cannot read the partner: {why}");
         publish(ctx, &partner, EventReason::IndicatorsNotWithdrawn, note).await;
         return Ok(Action::await_change());
@@ -180,7 +226,8 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
         write_status(&partner, deleting(withdrawing), ctx).await?;
     }
     let marker = partner.owner_marker();
-    let client = match super::credentials::read(&partner, &ctx.client).await? {
+    let namespace = ctx.credentials_namespace(&partner);
+    let client = match super::credentials::read(&partner, &namespace, &ctx.client).await? {
         Ok((credentials, _)) => defender_client(&partner, credentials, ctx).map_err(|e| e.to_string()),
         Err(unusable) => Err(unusable.message),
     };
@@ -251,7 +298,7 @@ fn ensure_engine(partner: &Arc<DefenderPartner>, client: DefenderClient, identit
         partner.clone(),
         client,
         identity,
-        ctx.findings.clone(),
+        ctx.caches(),
         ctx.triggers.clone(),
         ctx.config.engine.clone(),
     );
@@ -264,7 +311,7 @@ fn ensure_engine(partner: &Arc<DefenderPartner>, client: DefenderClient, identit
 /// reason changed.
 async fn write_status(partner: &DefenderPartner, status: DefenderPartnerStatus, ctx: &Context) -> Result<(), Error> {
     let previous = partner.status.clone().unwrap_or_default();
-    if !super::status::write(ctx, partner, &status).await? {
+    if !super::status::write_partner(ctx, partner, &status).await? {
         return Ok(());
     }
     if (previous.state, &previous.reason) != (status.state, &status.reason) {
@@ -286,7 +333,17 @@ async fn publish(ctx: &Context, partner: &DefenderPartner, reason: impl Reason, 
         action: "Validate".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &partner.object_ref(&())).await {
+    if let Err(error) = ctx.recorder.publish(&event, &object_ref(partner)).await {
         warn!(%error, "could not publish event");
     }
+}
+
+/// What events name: the DefenderPartner, or the ClusterDefenderPartner a view stands for.
+fn object_ref(partner: &DefenderPartner) -> k8s_openapi::api::core::v1::ObjectReference {
+    let mut reference = partner.object_ref(&());
+    if partner.is_cluster_wide() {
+        reference.kind = Some(CLUSTER_KIND.into());
+        reference.namespace = None;
+    }
+    reference
 }

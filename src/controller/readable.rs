@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::finding::TestRef;
-use crate::api::{DefenderPartner, ProbeFinding, ProbeFindingSpec};
+use crate::api::{ClusterDefenderPartner, DefenderPartner, ProbeFinding, ProbeFindingSpec};
 
 /// A kind read one by one: what stands in for an object the operator cannot read.
 pub trait Readable: DeserializeOwned {
@@ -34,6 +34,22 @@ impl Readable for ProbeFinding {
             partner_ref: None,
         };
         ProbeFinding { metadata, spec, status: readable_status(data) }
+    }
+}
+
+impl Readable for ClusterDefenderPartner {
+    /// As for a DefenderPartner, and no namespace is selected.
+    fn stand_in(metadata: ObjectMeta, data: &Value) -> Self {
+        let partner = DefenderPartner::stand_in(metadata.clone(), data);
+        let selects_nothing = serde_json::json!({"matchExpressions": [
+            {"key": "detect.dev/unreadable-partner", "operator": "Exists"},
+            {"key": "detect.dev/unreadable-partner", "operator": "DoesNotExist"}
+        ]});
+        let spec = crate::api::ClusterDefenderPartnerSpec {
+            partner: partner.spec,
+            namespace_selector: serde_json::from_value(selects_nothing).ok(),
+        };
+        ClusterDefenderPartner { metadata, spec, status: partner.status }
     }
 }
 
@@ -88,7 +104,12 @@ impl<K: Readable + kube::Resource> Unreadable<K> {
 
     /// Why this object could not be read, if it could not.
     pub fn why(&self, object: &K) -> Option<String> {
-        self.0.lock().unwrap().get(&key(object.meta())).cloned()
+        self.why_meta(object.meta())
+    }
+
+    /// [`Self::why`] by the object's metadata.
+    pub fn why_meta(&self, metadata: &ObjectMeta) -> Option<String> {
+        self.0.lock().unwrap().get(&key(metadata)).cloned()
     }
 
     /// The object, or its stand-in.

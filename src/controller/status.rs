@@ -16,7 +16,8 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::{Context, Error};
-use crate::api::MANAGER;
+use crate::api::partner::DefenderPartnerStatus;
+use crate::api::{CLUSTER_KIND, ClusterDefenderPartner, DefenderPartner, MANAGER};
 
 /// Per kind, the status fields the API server dropped from the operator's writes, as paths
 /// (`deliveries.*.submittedTime`).
@@ -119,18 +120,50 @@ where
         std::borrow::Cow::Borrowed(kind) => kind,
         std::borrow::Cow::Owned(_) => "Other",
     };
-    if object.status() == Some(intended) || !ctx.pruned.needed(kind, intended, object.status()) {
+    let api = Api::namespaced_with(
+        ctx.client.clone(),
+        &object.namespace().unwrap_or_default(),
+        &ApiResource::erase::<K>(&()),
+    );
+    write_to(ctx, api, kind, &object.name_any(), object.status(), intended).await
+}
+
+/// [`write`] for a partner of either kind: a ClusterDefenderPartner's view writes to it.
+pub async fn write_partner(
+    ctx: &Context,
+    partner: &DefenderPartner,
+    intended: &DefenderPartnerStatus,
+) -> Result<bool, Error> {
+    let api = match &partner.metadata.namespace {
+        Some(namespace) => {
+            Api::namespaced_with(ctx.client.clone(), namespace, &ApiResource::erase::<DefenderPartner>(&()))
+        }
+        None => Api::all_with(ctx.client.clone(), &ApiResource::erase::<ClusterDefenderPartner>(&())),
+    };
+    let kind = if partner.is_cluster_wide() { CLUSTER_KIND } else { "DefenderPartner" };
+    write_to(ctx, api, kind, &partner.name_any(), partner.status.as_ref(), intended).await
+}
+
+async fn write_to<S>(
+    ctx: &Context,
+    api: Api<DynamicObject>,
+    kind: &'static str,
+    name: &str,
+    current: Option<&S>,
+    intended: &S,
+) -> Result<bool, Error>
+where
+    S: Serialize + DeserializeOwned + PartialEq,
+{
+    if current == Some(intended) || !ctx.pruned.needed(kind, intended, current) {
         return Ok(false);
     }
     // Untyped: the stored object is read back for its status only, so an object whose spec this
     // operator cannot read (see `readable`) still gets its status.
-    let resource = ApiResource::erase::<K>(&());
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &object.namespace().unwrap_or_default(), &resource);
-    let patch = serde_json::json!({"apiVersion": K::api_version(&()), "kind": kind, "status": intended});
+    let patch = serde_json::json!({"apiVersion": "detect.dev/v1alpha1", "kind": kind, "status": intended});
     let params = PatchParams::apply(MANAGER).force();
-    let stored = api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await?;
-    let kept: Option<K::Status> = serde_json::from_value(stored.data["status"].clone()).ok();
+    let stored = api.patch_status(name, &params, &Patch::Apply(&patch)).await?;
+    let kept: Option<S> = serde_json::from_value(stored.data["status"].clone()).ok();
     for path in ctx.pruned.learn(kind, intended, kept.as_ref()) {
         warn!(kind, field = %format!("status.{path}"), "the API server does not keep this status field: the installed \
               CRD is older than the operator (upgrade the CRDs); it is no longer written");

@@ -1,16 +1,22 @@
-//! One sync engine per attached partner: the only owner of that partner's Defender traffic.
+//! One sync engine per tenant and app: the only owner of the Defender traffic of every attached
+//! partner (namespaced or cluster-wide) that uses that app.
 //!
-//! It reads Defender's indicators once at start (and again on a slow resync to repair drift),
+//! It reads the tenant's indicators once at start (and again on a slow resync to repair drift),
 //! keeps that view current from its own writes, and each round sends only the difference between
-//! what the findings cache wants and what Defender holds: batch import for what is missing,
-//! batch delete for what `deletionPolicy: Delete` withdraws. Finding reconcilers read the view
-//! to write delivery status; the engine pokes them when something they show changed. Beside it
-//! runs the partner's outcome correlation (`controller::outcomes`), with the same client.
+//! what its partners' findings want and what Defender holds: batch import for what is missing,
+//! batch delete for what a partner with `deletionPolicy: Delete` withdraws. The partners share
+//! one view, one rate limit and one count against the tenant's cap; each indicator still carries
+//! the marker of the partner that created it, so a partner's withdrawals never touch another's,
+//! and a value two partners want is written once. Finding reconcilers read the view to write
+//! delivery status; the engine pokes them when something they show changed. Beside it runs each
+//! partner's outcome correlation (`controller::outcomes`), with that partner's client.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -18,10 +24,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::decide::batching::{self, Batching, Patience};
-use super::decide::{self, Desired, Holder, PartnerSettings, Remote, SyncReport, ValueStatus};
+use super::decide::{
+    self, Desired, Held, Holder, Member, NamespaceLabels, PartnerSettings, Remote, SyncReport, ValueStatus,
+};
 use super::outcomes::Correlation;
 use crate::api::finding::IndicatorKey;
-use crate::api::{DefenderPartner, IndicatorType, PartnerReason, ProbeFinding};
+use crate::api::{ClusterDefenderPartner, DefenderPartner, IndicatorType, PartnerReason, ProbeFinding};
 use crate::defender::{
     APPLICATION, BatchDeleteOutcome, DefenderClient, DefenderError, EndpointClass, Indicator, MAX_BATCH,
 };
@@ -61,167 +69,290 @@ impl Default for EngineConfig {
 pub struct Triggers {
     pub findings: mpsc::UnboundedSender<ObjectRef<ProbeFinding>>,
     pub partners: mpsc::UnboundedSender<ObjectRef<DefenderPartner>>,
+    pub cluster_partners: mpsc::UnboundedSender<ObjectRef<ClusterDefenderPartner>>,
 }
 
+impl Triggers {
+    /// Queues a reconcile of `partner`, of whichever kind.
+    pub fn partner(&self, partner: &DefenderPartner) {
+        let name = partner.metadata.name.clone().unwrap_or_default();
+        match &partner.metadata.namespace {
+            Some(namespace) => _ = self.partners.send(ObjectRef::new(&name).within(namespace)),
+            None => _ = self.cluster_partners.send(ObjectRef::new(&name)),
+        }
+    }
+}
+
+/// The caches the engines read.
+#[derive(Clone)]
+pub struct Caches {
+    pub findings: Store<ProbeFinding>,
+    /// Namespaces (their labels), for ClusterDefenderPartners' `namespaceSelector`s.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+}
+
+impl Caches {
+    pub fn namespace_labels(&self) -> NamespaceLabels {
+        self.namespaces
+            .state()
+            .iter()
+            .filter_map(|ns| Some((ns.metadata.name.clone()?, ns.metadata.labels.clone().unwrap_or_default())))
+            .collect()
+    }
+}
+
+/// What one engine knows of its tenant.
 #[derive(Default)]
 struct View {
     ready: bool,
-    remote: HashMap<IndicatorKey, Remote>,
+    held: HashMap<IndicatorKey, Held>,
     failed: HashMap<IndicatorKey, String>,
     tenant_total: usize,
-    report: SyncReport,
+    reports: HashMap<String, SyncReport>,
 }
 
-pub struct Engine {
-    /// Identifies the credentials and host the engine talks with; a change restarts it.
+/// One partner of an engine.
+struct Partner {
+    /// Identifies the partner's credentials and host: a change gives it a fresh client and
+    /// correlation.
     identity: String,
+    client: DefenderClient,
     partner: watch::Sender<Arc<DefenderPartner>>,
-    view: Arc<Mutex<View>>,
-    wake: Arc<Notify>,
-    task: JoinHandle<()>,
-    /// Machines and alerts, read beside the indicators (`controller::outcomes`).
     correlation: Arc<Correlation>,
     correlator: JoinHandle<()>,
 }
 
-impl Engine {
-    pub fn ready(&self) -> bool {
-        self.view.lock().unwrap().ready
-    }
-
-    pub fn report(&self) -> SyncReport {
-        let report = self.view.lock().unwrap().report.clone();
-        SyncReport { outcomes: Some(self.correlation.report()), ..report }
-    }
-
-    /// What the engine read of Defender's machines and alerts.
-    pub fn correlation(&self) -> &Correlation {
-        &self.correlation
-    }
-
-    pub fn status_of(&self, key: &IndicatorKey) -> ValueStatus {
-        let view = self.view.lock().unwrap();
-        if let Some(remote) = view.remote.get(key) {
-            ValueStatus::Held(remote.clone())
-        } else if let Some(why) = view.failed.get(key) {
-            ValueStatus::Failed(why.clone())
-        } else {
-            ValueStatus::Pending
-        }
-    }
-
-    pub fn wake(&self) {
-        self.wake.notify_one();
-        self.correlation.wake();
-    }
-}
-
-impl Drop for Engine {
+impl Drop for Partner {
     fn drop(&mut self) {
-        self.task.abort();
         self.correlator.abort();
     }
 }
 
-/// All running engines, by partner (`namespace/name`).
+/// The engine of one tenant and app.
+pub struct Engine {
+    partners: Mutex<BTreeMap<String, Partner>>,
+    view: Arc<Mutex<View>>,
+    wake: Arc<Notify>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
+/// One partner's side of its tenant's engine.
+#[derive(Clone)]
+pub struct PartnerEngine {
+    engine: Arc<Engine>,
+    marker: String,
+}
+
+impl PartnerEngine {
+    pub fn ready(&self) -> bool {
+        self.engine.view.lock().unwrap().ready
+    }
+
+    pub fn report(&self) -> SyncReport {
+        let report = self.engine.view.lock().unwrap().reports.get(&self.marker).cloned().unwrap_or_default();
+        SyncReport { outcomes: self.correlation().map(|c| c.report()), ..report }
+    }
+
+    /// What the partner's correlation read of Defender's machines and alerts.
+    pub fn correlation(&self) -> Option<Arc<Correlation>> {
+        self.engine.partners.lock().unwrap().get(&self.marker).map(|p| p.correlation.clone())
+    }
+
+    /// What Defender holds of `key`, as this partner sees it: its own and its sibling partners'
+    /// (same tenant and app) are held for it; anyone else's are foreign.
+    pub fn status_of(&self, key: &IndicatorKey) -> ValueStatus {
+        let view = self.engine.view.lock().unwrap();
+        let held = view.held.get(key).cloned();
+        let failed = view.failed.get(key).cloned();
+        drop(view);
+        match (held, failed) {
+            (Some(held), _) => {
+                let ours = held.owner.is_some_and(|owner| self.engine.partners.lock().unwrap().contains_key(&owner));
+                ValueStatus::Held(Remote { id: held.id, holder: if ours { Holder::Us } else { Holder::Foreign } })
+            }
+            (None, Some(why)) => ValueStatus::Failed(why),
+            (None, None) => ValueStatus::Pending,
+        }
+    }
+
+    pub fn wake(&self) {
+        self.engine.wake.notify_one();
+        if let Some(correlation) = self.correlation() {
+            correlation.wake();
+        }
+    }
+}
+
+/// What makes two partners share an engine: the same cloud, token endpoint (tenant), app and
+/// API host.
+fn tenant_key(partner: &DefenderPartner, client: &DefenderClient) -> String {
+    format!("{:?}|{}|{}|{}", partner.spec.cloud, client.token_url(), client.client_id(), client.api_base())
+}
+
+/// All running engines: by tenant and app, and which partner (by marker) is in which.
 #[derive(Default)]
 pub struct Engines {
-    running: Mutex<HashMap<String, Arc<Engine>>>,
+    running: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    by_tenant: HashMap<String, Arc<Engine>>,
+    by_partner: HashMap<String, String>,
 }
 
 impl Engines {
-    pub fn get(&self, partner: &str) -> Option<Arc<Engine>> {
-        self.running.lock().unwrap().get(partner).cloned()
+    pub fn get(&self, marker: &str) -> Option<PartnerEngine> {
+        let running = self.running.lock().unwrap();
+        let engine = running.by_tenant.get(running.by_partner.get(marker)?)?.clone();
+        Some(PartnerEngine { engine, marker: marker.to_string() })
     }
 
-    /// Starts the partner's engine, or hands the running one the partner's latest spec.
-    /// Returns true when a new engine was started.
+    /// How many engines run (one per tenant and app).
+    pub fn count(&self) -> usize {
+        self.running.lock().unwrap().by_tenant.len()
+    }
+
+    /// Adds the partner to its tenant's engine (starting the engine if it is the first), or hands
+    /// the engine the partner's latest spec. Returns true when the partner was not in it yet.
     pub fn ensure(
         &self,
         partner: Arc<DefenderPartner>,
         client: DefenderClient,
         identity: String,
-        findings: Store<ProbeFinding>,
+        caches: Caches,
         triggers: Triggers,
         config: EngineConfig,
     ) -> bool {
-        let key = partner.owner_marker();
+        let marker = partner.owner_marker();
+        let tenant = tenant_key(&partner, &client);
         let mut running = self.running.lock().unwrap();
-        if let Some(engine) = running.get(&key)
-            && engine.identity == identity
+        if running.by_partner.get(&marker).is_some_and(|current| current != &tenant) {
+            // Moved to another tenant or app: out of the old engine first.
+            remove(&mut running, &marker);
+        }
+        let engine = running
+            .by_tenant
+            .entry(tenant.clone())
+            .or_insert_with(|| Engine::start(caches.clone(), triggers.clone(), config))
+            .clone();
+        running.by_partner.insert(marker.clone(), tenant);
+        drop(running);
+        let mut partners = engine.partners.lock().unwrap();
+        if let Some(current) = partners.get(&marker)
+            && current.identity == identity
         {
-            engine.partner.send_if_modified(|current| {
+            current.partner.send_if_modified(|current| {
                 let changed = current.spec != partner.spec || current.metadata.labels != partner.metadata.labels;
                 *current = partner.clone();
                 changed
             });
-            engine.wake();
+            drop(partners);
+            engine.wake.notify_one();
             return false;
         }
+        let added = !partners.contains_key(&marker);
         let (partner_tx, partner_rx) = watch::channel(partner);
-        let view = Arc::new(Mutex::new(View::default()));
-        let wake = Arc::new(Notify::new());
         let indicators_read = {
-            let view = view.clone();
+            let view = engine.view.clone();
             Box::new(move || view.lock().unwrap().ready)
         };
-        let (correlation, correlator) = super::outcomes::spawn(
-            client.clone(),
-            partner_rx.clone(),
-            findings.clone(),
-            triggers.clone(),
-            indicators_read,
-        );
-        let worker =
-            Worker { client, partner: partner_rx, findings, view: view.clone(), wake: wake.clone(), triggers, config };
-        let task = tokio::spawn(worker.run());
-        let engine = Engine { identity, partner: partner_tx, view, wake, task, correlation, correlator };
-        running.insert(key, Arc::new(engine));
-        true
+        let (correlation, correlator) =
+            super::outcomes::spawn(client.clone(), partner_rx, caches, triggers, indicators_read);
+        partners.insert(marker, Partner { identity, client, partner: partner_tx, correlation, correlator });
+        drop(partners);
+        engine.wake.notify_one();
+        added
     }
 
-    /// Stops the partner's engine; returns true if one was running.
-    pub fn stop(&self, partner: &str) -> bool {
-        self.running.lock().unwrap().remove(partner).is_some()
+    /// Takes the partner out of its engine (stopping the engine when it was the last); returns
+    /// true if it was in one.
+    pub fn stop(&self, marker: &str) -> bool {
+        remove(&mut self.running.lock().unwrap(), marker)
     }
 
-    /// Wakes every engine of a namespace (a finding there changed or went away).
-    pub fn wake_namespace(&self, namespace: &str) {
-        let prefix = format!("{namespace}/");
-        for (key, engine) in self.running.lock().unwrap().iter() {
-            if key.starts_with(&prefix) {
-                engine.wake();
+    /// Wakes every engine (a finding or a namespace changed or went away).
+    pub fn wake_all(&self) {
+        for engine in self.running.lock().unwrap().by_tenant.values() {
+            engine.wake.notify_one();
+            for partner in engine.partners.lock().unwrap().values() {
+                partner.correlation.wake();
             }
         }
     }
 }
 
+fn remove(running: &mut Running, marker: &str) -> bool {
+    let Some(tenant) = running.by_partner.remove(marker) else { return false };
+    if let Some(engine) = running.by_tenant.get(&tenant) {
+        let mut partners = engine.partners.lock().unwrap();
+        partners.remove(marker);
+        let empty = partners.is_empty();
+        drop(partners);
+        engine.view.lock().unwrap().reports.remove(marker);
+        if empty {
+            running.by_tenant.remove(&tenant);
+        }
+    }
+    true
+}
+
+impl Engine {
+    fn start(caches: Caches, triggers: Triggers, config: EngineConfig) -> Arc<Engine> {
+        let engine = Arc::new(Engine {
+            partners: Mutex::default(),
+            view: Arc::new(Mutex::new(View::default())),
+            wake: Arc::new(Notify::new()),
+            task: Mutex::new(None),
+        });
+        let worker = Worker { engine: Arc::downgrade(&engine), caches, triggers, config };
+        *engine.task.lock().unwrap() = Some(tokio::spawn(worker.run()));
+        engine
+    }
+}
+
+/// A partner as one round sees it.
+struct Snapshot {
+    partner: Arc<DefenderPartner>,
+    settings: PartnerSettings,
+}
+
 struct Worker {
-    client: DefenderClient,
-    partner: watch::Receiver<Arc<DefenderPartner>>,
-    findings: Store<ProbeFinding>,
-    view: Arc<Mutex<View>>,
-    wake: Arc<Notify>,
+    engine: std::sync::Weak<Engine>,
+    caches: Caches,
     triggers: Triggers,
     config: EngineConfig,
 }
 
 impl Worker {
-    async fn run(mut self) {
-        let marker = self.partner.borrow().owner_marker();
-        info!(partner = %marker, "sync engine started");
+    async fn run(self) {
         // The findings cache must be complete before any diff, or a restart would withdraw
         // indicators whose findings were simply not listed yet.
-        super::synced(&self.findings).await;
+        super::synced(&self.caches.findings).await;
         let mut last_read: Option<Instant> = None;
         let mut failures: u32 = 0;
         let mut batching = Batching { last_change: Instant::now(), pending_since: None };
         loop {
+            let Some(engine) = self.engine.upgrade() else { return };
+            let Some(client) = engine.partners.lock().unwrap().values().next().map(|p| p.client.clone()) else {
+                return;
+            };
             let read_due = last_read.is_none_or(|at| at.elapsed() >= self.config.resync);
-            let result =
-                if read_due { self.read_defender().await.map(|()| last_read = Some(Instant::now())) } else { Ok(()) };
+            let result = if read_due {
+                self.read_defender(&engine, &client).await.map(|()| last_read = Some(Instant::now()))
+            } else {
+                Ok(())
+            };
             let result = match result {
-                Ok(()) => self.round(&mut batching).await,
+                Ok(()) => self.round(&engine, &client, &mut batching).await,
                 Err(error) => Err(error),
             };
             let next_round = match result {
@@ -231,77 +362,97 @@ impl Worker {
                 }
                 Err(error) => {
                     failures += 1;
-                    warn!(partner = %marker, reason = %error.reason(), %error, "sync round failed");
-                    self.record_error(&error);
-                    if matches!(
-                        error.reason(),
-                        PartnerReason::Unauthorized | PartnerReason::Forbidden | PartnerReason::DisabledFeature
-                    ) {
-                        // The credentials may have lost their grant: let the partner re-validate.
-                        let _ = self.triggers.partners.send(ObjectRef::from_obj(&**self.partner.borrow()));
-                    }
+                    warn!(tenant = %client.tenant_id(), reason = %error.reason(), %error, "sync round failed");
+                    self.record_error(&engine, &error);
                     let pause = match error {
                         // The limiter already holds the throttled class back; the next round may
                         // still use the other one (single submits), so only a short pause.
                         DefenderError::Throttled { .. } => THROTTLED_PAUSE,
                         _ => error.retry_after().unwrap_or_else(|| backoff(failures)),
                     };
+                    drop(engine);
                     tokio::time::sleep(pause).await;
                     continue;
                 }
             };
             let wait = next_round.unwrap_or(self.config.tick);
+            let wake = engine.wake.clone();
+            drop(engine);
             tokio::select! {
-                _ = self.wake.notified() => batching.last_change = Instant::now(),
+                _ = wake.notified() => batching.last_change = Instant::now(),
                 _ = tokio::time::sleep(wait) => {}
-                changed = self.partner.changed() => if changed.is_err() { return },
             }
         }
     }
 
-    fn settings(&self) -> (Arc<DefenderPartner>, PartnerSettings) {
-        let partner = self.partner.borrow().clone();
-        let settings = PartnerSettings {
-            namespace: partner.metadata.namespace.clone().unwrap_or_default(),
-            name: partner.metadata.name.clone().unwrap_or_default(),
-            marker: partner.owner_marker(),
-            indicator: partner.spec.indicator.clone(),
-            delete_withdrawn: partner.spec.deletion_policy == crate::api::DeletionPolicy::Delete,
-        };
-        (partner, settings)
+    /// The engine's partners as this round sees them.
+    fn snapshot(engine: &Engine) -> Vec<Snapshot> {
+        engine
+            .partners
+            .lock()
+            .unwrap()
+            .values()
+            .map(|member| {
+                let partner = member.partner.borrow().clone();
+                let settings = settings(&partner);
+                Snapshot { partner, settings }
+            })
+            .collect()
     }
 
-    /// Reads every active indicator of the tenant once: ours, and everyone else's (to report
-    /// `External` and to count the tenant against its cap).
-    async fn read_defender(&self) -> Result<(), DefenderError> {
-        let marker = self.partner.borrow().owner_marker();
-        let listed = self.client.list_indicators(None).await?;
+    /// Reads every active indicator of the tenant once: the partners', and everyone else's (to
+    /// report `External` and to count the tenant against its cap).
+    async fn read_defender(&self, engine: &Engine, client: &DefenderClient) -> Result<(), DefenderError> {
+        let listed = client.list_indicators(None).await?;
         let now = jiff::Timestamp::now();
         let active: Vec<&Indicator> = listed.iter().filter(|i| !expired(i, now)).collect();
-        let remote: HashMap<IndicatorKey, Remote> =
-            active.iter().filter_map(|indicator| Some((key_of(indicator)?, remote_of(indicator, &marker)))).collect();
-        let mut view = self.view.lock().unwrap();
+        let held: HashMap<IndicatorKey, Held> =
+            active.iter().filter_map(|indicator| Some((key_of(indicator)?, held_of(indicator)))).collect();
+        let mut view = engine.view.lock().unwrap();
         let was_ready = view.ready;
         view.tenant_total = active.len();
-        view.remote = remote;
+        view.held = held;
         view.ready = true;
         drop(view);
-        info!(partner = %marker, indicators = active.len(), "read Defender's indicators");
+        info!(tenant = %client.tenant_id(), indicators = active.len(), "read Defender's indicators");
         if !was_ready {
-            self.trigger_namespace();
+            // The findings kept what they showed until now: let them see the engine's view.
+            for snapshot in Self::snapshot(engine) {
+                let namespace = snapshot.partner.metadata.namespace.as_deref();
+                super::wake_findings_in(namespace, &self.caches.findings, &self.triggers.findings);
+            }
         }
         Ok(())
     }
 
-    /// One diff-and-send round: what leaves now is [`batching::release`]'s to say. Returns when
-    /// the next round is due, if sooner than the tick.
-    async fn round(&self, batching: &mut Batching) -> Result<Option<Duration>, DefenderError> {
-        let (partner, settings) = self.settings();
-        let findings = self.findings.state();
-        let desired = decide::desired(&partner, &settings, findings.iter().map(|f| &**f), jiff::Timestamp::now());
+    /// One diff-and-send round over every partner of the engine: what leaves now is
+    /// [`batching::release`]'s to say. Returns when the next round is due, if sooner than the tick.
+    async fn round(
+        &self,
+        engine: &Engine,
+        client: &DefenderClient,
+        batching: &mut Batching,
+    ) -> Result<Option<Duration>, DefenderError> {
+        let partners = Self::snapshot(engine);
+        let findings = self.caches.findings.state();
+        let namespaces = self.caches.namespace_labels();
+        let now = jiff::Timestamp::now();
+        let wanted: Vec<Desired> = partners
+            .iter()
+            .map(|p| decide::desired(&p.partner, &p.settings, findings.iter().map(|f| &**f), &namespaces, now))
+            .collect();
+        let members: Vec<Member> = partners
+            .iter()
+            .zip(&wanted)
+            .map(|(p, desired)| Member {
+                marker: &p.settings.marker,
+                desired,
+                delete_withdrawn: p.settings.delete_withdrawn,
+            })
+            .collect();
         let mut plan = {
-            let view = self.view.lock().unwrap();
-            decide::plan(&desired, &view.remote, settings.delete_withdrawn, view.tenant_total, self.config.tenant_cap)
+            let view = engine.view.lock().unwrap();
+            decide::plan_members(&members, &view.held, view.tenant_total, self.config.tenant_cap)
         };
         let patience = Patience { coalesce: self.config.coalesce, max_delay: self.config.max_delay };
         let release = batching::release(batching, plan.push.len(), plan.withdraw.len(), Instant::now(), patience);
@@ -314,12 +465,15 @@ impl Worker {
         }
 
         let mut changed: BTreeSet<IndicatorKey> = BTreeSet::new();
-        let outcome = self.push(&plan.push, &mut changed).await;
+        let outcome = self.push(engine, client, &plan.push, &mut changed).await;
         let outcome = match outcome {
-            Ok(()) => self.withdraw(&plan.withdraw, &mut changed).await,
+            Ok(()) => self.withdraw(engine, client, &plan.withdraw, &mut changed).await,
             Err(error) => Err(error),
         };
-        self.update_report(&desired, plan.over_quota.len(), outcome.as_ref().err());
+        for (snapshot, member) in partners.iter().zip(&members) {
+            let over_quota = member.desired.push.keys().filter(|key| plan.over_quota.contains(*key)).count();
+            self.update_report(engine, snapshot, member, over_quota, outcome.as_ref().err());
+        }
         if !changed.is_empty() {
             self.trigger_findings_with(&changed, &findings);
         }
@@ -330,6 +484,8 @@ impl Worker {
 
     async fn push(
         &self,
+        engine: &Engine,
+        client: &DefenderClient,
         indicators: &[crate::defender::NewIndicator],
         changed: &mut BTreeSet<IndicatorKey>,
     ) -> Result<(), DefenderError> {
@@ -339,21 +495,21 @@ impl Worker {
             let singly = batch.len() <= batching::SUBMIT_AT_MOST
                 && batching::submit_singly(
                     batch.len(),
-                    self.client.has_budget(EndpointClass::Import).await,
-                    self.client.has_budget(EndpointClass::Other).await,
+                    client.has_budget(EndpointClass::Import).await,
+                    client.has_budget(EndpointClass::Other).await,
                 );
             if singly {
                 for indicator in batch {
-                    let outcome = match self.client.submit(indicator).await {
+                    let outcome = match client.submit(indicator).await {
                         Ok(created) => Ok(created.id),
                         Err(DefenderError::Api { status: 400, code, message, .. }) => Err(format!("{code}: {message}")),
                         Err(error) => return Err(error),
                     };
-                    self.record(indicator, outcome, changed);
+                    record(engine, indicator, outcome, changed);
                 }
                 continue;
             }
-            let results = self.client.import(batch).await?;
+            let results = client.import(batch).await?;
             let by_value: HashMap<String, &crate::defender::ImportResult> =
                 results.iter().map(|r| (r.indicator.to_ascii_lowercase(), r)).collect();
             for indicator in batch {
@@ -364,44 +520,28 @@ impl Worker {
                     Some(result) => Err(result.failure_reason.clone().unwrap_or_else(|| "refused by Defender".into())),
                     None => Err("Defender returned no result for this value".into()),
                 };
-                self.record(indicator, outcome, changed);
+                record(engine, indicator, outcome, changed);
             }
             debug!(count = batch.len(), "imported a batch");
         }
         Ok(())
     }
 
-    /// Records what Defender did with one value: its id, or why it refused it.
-    fn record(
+    async fn withdraw(
         &self,
-        indicator: &crate::defender::NewIndicator,
-        outcome: Result<String, String>,
+        engine: &Engine,
+        client: &DefenderClient,
+        ids: &[String],
         changed: &mut BTreeSet<IndicatorKey>,
-    ) {
-        let Some(key) = key_from(&indicator.indicator_type, &indicator.indicator_value) else { return };
-        let mut view = self.view.lock().unwrap();
-        match outcome {
-            Ok(id) => {
-                view.failed.remove(&key);
-                view.remote.insert(key.clone(), Remote { id, holder: Holder::Us });
-                view.tenant_total += 1;
-            }
-            Err(why) => {
-                view.failed.insert(key.clone(), why);
-            }
-        }
-        changed.insert(key);
-    }
-
-    async fn withdraw(&self, ids: &[String], changed: &mut BTreeSet<IndicatorKey>) -> Result<(), DefenderError> {
+    ) -> Result<(), DefenderError> {
         for batch in ids.chunks(MAX_BATCH) {
-            delete_batch(&self.client, batch).await?;
+            delete_batch(client, batch).await?;
             let gone: BTreeSet<&String> = batch.iter().collect();
-            let mut view = self.view.lock().unwrap();
+            let mut view = engine.view.lock().unwrap();
             let keys: Vec<IndicatorKey> =
-                view.remote.iter().filter(|(_, r)| gone.contains(&r.id)).map(|(k, _)| k.clone()).collect();
+                view.held.iter().filter(|(_, h)| gone.contains(&h.id)).map(|(k, _)| k.clone()).collect();
             for key in keys {
-                view.remote.remove(&key);
+                view.held.remove(&key);
                 view.tenant_total = view.tenant_total.saturating_sub(1);
                 changed.insert(key);
             }
@@ -409,51 +549,52 @@ impl Worker {
         Ok(())
     }
 
-    fn update_report(&self, desired: &Desired, over_quota: usize, error: Option<&DefenderError>) {
-        let mut view = self.view.lock().unwrap();
-        let mut report = SyncReport {
-            ready: view.ready,
-            desired: desired.push.len() as u32,
-            over_quota: over_quota as u32,
-            tenant_total: view.tenant_total as u32,
-            tenant_cap: self.config.tenant_cap as u32,
-            error: error.map(|e| (e.reason(), e.to_string())),
-            ..Default::default()
-        };
-        for key in desired.push.keys() {
-            match view.remote.get(key).map(|r| &r.holder) {
-                Some(Holder::Us) => report.submitted += 1,
-                Some(Holder::Foreign) => report.external += 1,
-                None if view.failed.contains_key(key) => report.failed += 1,
-                None => report.pending += 1,
+    /// The partner's counts from its wants and the engine's view; a change pokes the partner.
+    fn update_report(
+        &self,
+        engine: &Engine,
+        snapshot: &Snapshot,
+        member: &Member,
+        over_quota: usize,
+        error: Option<&DefenderError>,
+    ) {
+        let mut view = engine.view.lock().unwrap();
+        let report = decide::member_report(
+            member,
+            &view.held,
+            &view.failed,
+            over_quota,
+            (view.ready, view.tenant_total, self.config.tenant_cap),
+            error.map(|e| (e.reason(), e.to_string())),
+        );
+        if view.reports.get(member.marker) != Some(&report) {
+            view.reports.insert(member.marker.to_string(), report);
+            drop(view);
+            self.triggers.partner(&snapshot.partner);
+        }
+    }
+
+    fn record_error(&self, engine: &Engine, error: &DefenderError) {
+        let recorded = Some((error.reason(), error.to_string()));
+        for snapshot in Self::snapshot(engine) {
+            let mut view = engine.view.lock().unwrap();
+            let report = view.reports.entry(snapshot.settings.marker.clone()).or_default();
+            if report.error == recorded {
+                continue;
+            }
+            report.error = recorded.clone();
+            drop(view);
+            self.triggers.partner(&snapshot.partner);
+        }
+        if matches!(
+            error.reason(),
+            PartnerReason::Unauthorized | PartnerReason::Forbidden | PartnerReason::DisabledFeature
+        ) {
+            // The credentials may have lost their grant: let the partners re-validate.
+            for snapshot in Self::snapshot(engine) {
+                self.triggers.partner(&snapshot.partner);
             }
         }
-        // Values that stay for live findings no longer asking for them (a later PROTECTED result
-        // is the indicator working) are in Defender for this partner too.
-        let kept = desired.referenced.iter().filter(|key| !desired.push.contains_key(*key));
-        let kept = kept.filter(|key| matches!(view.remote.get(*key), Some(r) if r.holder == Holder::Us)).count() as u32;
-        report.desired += kept;
-        report.submitted += kept;
-        if report != view.report {
-            view.report = report;
-            drop(view);
-            let _ = self.triggers.partners.send(ObjectRef::from_obj(&**self.partner.borrow()));
-        }
-    }
-
-    fn record_error(&self, error: &DefenderError) {
-        let mut view = self.view.lock().unwrap();
-        let error = Some((error.reason(), error.to_string()));
-        if view.report.error != error {
-            view.report.error = error;
-            drop(view);
-            let _ = self.triggers.partners.send(ObjectRef::from_obj(&**self.partner.borrow()));
-        }
-    }
-
-    fn trigger_namespace(&self) {
-        let namespace = self.partner.borrow().metadata.namespace.clone();
-        super::wake_findings_in(namespace.as_deref(), &self.findings, &self.triggers.findings);
     }
 
     fn trigger_findings_with(&self, keys: &BTreeSet<IndicatorKey>, findings: &[Arc<ProbeFinding>]) {
@@ -462,6 +603,40 @@ impl Worker {
                 let _ = self.triggers.findings.send(ObjectRef::from_obj(&**finding));
             }
         }
+    }
+}
+
+/// Records what Defender did with one value: its id (held by the partner whose marker the
+/// indicator carries), or why it refused it.
+fn record(
+    engine: &Engine,
+    indicator: &crate::defender::NewIndicator,
+    outcome: Result<String, String>,
+    changed: &mut BTreeSet<IndicatorKey>,
+) {
+    let Some(key) = key_from(&indicator.indicator_type, &indicator.indicator_value) else { return };
+    let mut view = engine.view.lock().unwrap();
+    match outcome {
+        Ok(id) => {
+            view.failed.remove(&key);
+            view.held.insert(key.clone(), Held { id, owner: Some(indicator.external_id.clone()) });
+            view.tenant_total += 1;
+        }
+        Err(why) => {
+            view.failed.insert(key.clone(), why);
+        }
+    }
+    changed.insert(key);
+}
+
+/// The partner's identity and settings as the engine needs them.
+fn settings(partner: &DefenderPartner) -> PartnerSettings {
+    PartnerSettings {
+        namespace: partner.metadata.namespace.clone().unwrap_or_default(),
+        name: partner.metadata.name.clone().unwrap_or_default(),
+        marker: partner.owner_marker(),
+        indicator: partner.spec.indicator.clone(),
+        delete_withdrawn: partner.spec.deletion_policy == crate::api::DeletionPolicy::Delete,
     }
 }
 
@@ -489,11 +664,11 @@ fn key_of(indicator: &Indicator) -> Option<IndicatorKey> {
     key_from(&indicator.indicator_type, &indicator.indicator_value)
 }
 
-/// Ours when it carries our application and this partner's marker.
-fn remote_of(indicator: &Indicator, marker: &str) -> Remote {
-    let ours =
-        indicator.application.as_deref() == Some(APPLICATION) && indicator.external_id.as_deref() == Some(marker);
-    Remote { id: indicator.id.clone(), holder: if ours { Holder::Us } else { Holder::Foreign } }
+/// Who holds an indicator: the partner whose marker it carries when it is of our application,
+/// else no partner of ours.
+fn held_of(indicator: &Indicator) -> Held {
+    let ours = indicator.application.as_deref() == Some(APPLICATION);
+    Held { id: indicator.id.clone(), owner: indicator.external_id.clone().filter(|_| ours) }
 }
 
 /// Defender may still list expired indicators; they count as gone.

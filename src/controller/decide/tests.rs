@@ -85,12 +85,20 @@ fn partner_ref_and_selector_pick_findings() {
     let mut pinned = finding("pinned", TestState::Unprotected, &[&hash('c')]);
     pinned.spec.partner_ref = Some(PartnerRef { name: "plain".into(), kind: None });
 
-    assert!(selects(&labelled, &red) && !selects(&labelled, &blue) && !selects(&labelled, &pinned));
-    assert!(selects(&plain, &red) && selects(&plain, &blue) && selects(&plain, &pinned));
+    assert!(
+        selects(&labelled, &red, &NamespaceLabels::new())
+            && !selects(&labelled, &blue, &NamespaceLabels::new())
+            && !selects(&labelled, &pinned, &NamespaceLabels::new())
+    );
+    assert!(
+        selects(&plain, &red, &NamespaceLabels::new())
+            && selects(&plain, &blue, &NamespaceLabels::new())
+            && selects(&plain, &pinned, &NamespaceLabels::new())
+    );
 
     let mut elsewhere = finding("x", TestState::Unprotected, &[&hash('d')]);
     elsewhere.metadata.namespace = Some("other".into());
-    assert!(!selects(&plain, &elsewhere));
+    assert!(!selects(&plain, &elsewhere, &NamespaceLabels::new()));
 }
 
 #[test]
@@ -106,7 +114,7 @@ fn only_unprotected_unexpired_findings_are_pushed_but_all_are_referenced() {
         finding("e", TestState::Error, &[&hash('d')]),
         expired,
     ];
-    let desired = desired(&partner, &settings, &findings, now());
+    let desired = desired(&partner, &settings, &findings, &NamespaceLabels::new(), now());
     assert_eq!(desired.push.keys().cloned().collect::<Vec<_>>(), vec![key(&hash('a'))]);
     assert_eq!(desired.referenced.len(), 5);
 }
@@ -120,7 +128,7 @@ fn indicator_carries_the_partner_settings_and_marker() {
     partner.spec.indicator.title_prefix = "BAS: ".into();
     let settings = settings(&partner);
     let finding = finding("f", TestState::Unprotected, &[&hash('a')]);
-    let desired = desired(&partner, &settings, [&finding], now());
+    let desired = desired(&partner, &settings, [&finding], &NamespaceLabels::new(), now());
     let indicator = &desired.push[&key(&hash('a'))];
     assert_eq!(indicator.action, "Audit");
     assert!(indicator.generate_alert, "Audit forces generateAlert");
@@ -157,7 +165,7 @@ fn plan_skips_what_defender_holds_and_withdraws_only_our_unreferenced() {
     let partner = partner("p");
     let settings = settings(&partner);
     let findings = [finding("f", TestState::Unprotected, &[&hash('a'), &hash('b')])];
-    let desired = desired(&partner, &settings, &findings, now());
+    let desired = desired(&partner, &settings, &findings, &NamespaceLabels::new(), now());
     let remote = HashMap::from([
         (key(&hash('a')), Remote { id: "1".into(), holder: Holder::Us }),
         (key(&hash('c')), Remote { id: "3".into(), holder: Holder::Us }),
@@ -176,7 +184,7 @@ fn plan_stops_at_the_tenant_cap() {
     let partner = partner("p");
     let settings = settings(&partner);
     let findings = [finding("f", TestState::Unprotected, &[&hash('a'), &hash('b'), &hash('c')])];
-    let desired = desired(&partner, &settings, &findings, now());
+    let desired = desired(&partner, &settings, &findings, &NamespaceLabels::new(), now());
     let plan = plan(&desired, &HashMap::new(), false, 14_999, 15_000);
     assert_eq!(plan.push.len(), 1);
     assert_eq!(plan.over_quota.len(), 2);
@@ -260,7 +268,7 @@ fn an_unusable_expire_after_pushes_nothing_and_fails_the_delivery_naming_the_fie
         let settings = settings(&partner);
         assert!(expiry(&unprotected, &settings.indicator).unwrap_err().starts_with(says), "{expire_after}");
         // Not pushed without an expiry ("never expires" in Defender), but still referenced.
-        let desired = desired(&partner, &settings, [&unprotected], now());
+        let desired = desired(&partner, &settings, [&unprotected], &NamespaceLabels::new(), now());
         assert!(desired.push.is_empty(), "{expire_after}: {desired:?}");
         assert_eq!(desired.referenced.len(), 1);
         for engine in [Ok(&pending as &dyn Fn(&IndicatorKey) -> ValueStatus), Err("InvalidSecret")] {
@@ -281,7 +289,8 @@ fn an_unusable_expire_after_pushes_nothing_and_fails_the_delivery_naming_the_fie
     let mut partner = partner("p");
     partner.spec.indicator.expire_after = crate::api::partner::MAX_EXPIRE_AFTER.into();
     let settings = settings(&partner);
-    let indicator = &desired(&partner, &settings, [&unprotected], now()).push[&key(&hash('a'))];
+    let indicator =
+        &desired(&partner, &settings, [&unprotected], &NamespaceLabels::new(), now()).push[&key(&hash('a'))];
     let expected =
         Timestamp::from_second(NOW - 3600 + 87600 * 3600).unwrap().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     assert_eq!(indicator.expiration_time.as_deref(), Some(expected.as_str()));
@@ -289,7 +298,7 @@ fn an_unusable_expire_after_pushes_nothing_and_fails_the_delivery_naming_the_fie
     let mut late = finding("late", TestState::Unprotected, &[&hash('a')]);
     late.spec.observed_time = Some(Time("9999-01-01T00:00:00Z".parse().unwrap()));
     assert!(expiry(&late, &settings.indicator).unwrap_err().contains("spec.observedTime"));
-    assert!(desired(&partner, &settings, [&late], now()).push.is_empty());
+    assert!(desired(&partner, &settings, [&late], &NamespaceLabels::new(), now()).push.is_empty());
 
     // Expired through partner_delivery, as through delivery, saying when and why.
     let mut old = finding("old", TestState::Unprotected, &[&hash('a')]);

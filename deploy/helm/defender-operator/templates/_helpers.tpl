@@ -67,3 +67,19 @@ ClusterRole (every namespace) or by a Role in `watchNamespace`.
   resources: ["serviceaccounts/token"]
   verbs: ["create"]
 {{- end -}}
+
+{{/*
+The ClusterRole's rules beyond those: ClusterDefenderPartners, and the namespaces' labels their
+namespaceSelector reads (metadata only). A namespaced install has no cluster-wide partners.
+*/}}
+{{- define "defender-operator.clusterRules" -}}
+- apiGroups: ["detect.dev"]
+  resources: ["clusterdefenderpartners"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["detect.dev"]
+  resources: ["clusterdefenderpartners/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end -}}
