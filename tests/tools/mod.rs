@@ -35,7 +35,10 @@ impl Python {
     /// The interpreter (`$DEFENDER_PYTHON`, else `python3`) if it imports every module; else
     /// None after saying what is missing — or a panic in CI.
     pub fn with(modules: &[&str]) -> Option<Python> {
-        let exe = std::env::var_os("DEFENDER_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
+        // Absolute, so that it still names the same file where a test runs it in another directory.
+        let exe = std::env::var_os("DEFENDER_PYTHON")
+            .map(|p| std::path::absolute(p).expect("DEFENDER_PYTHON names a path"))
+            .unwrap_or_else(|| "python3".into());
         let imports = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join("; ");
         let output = std::process::Command::new(&exe).args(["-c", &imports]).output();
         let problem = match output {
