@@ -203,6 +203,8 @@ fn the_argocd_cm_snippet_holds_the_scripts() {
     assert_eq!(cm["metadata"]["name"], "argocd-cm");
     assert_eq!(cm["data"]["resource.customizations.health.detect.dev_DefenderPartner"], PARTNER_LUA);
     assert_eq!(cm["data"]["resource.customizations.health.detect.dev_ProbeFinding"], FINDING_LUA);
+    // A ClusterDefenderPartner's status is a DefenderPartner's: the same script.
+    assert_eq!(cm["data"]["resource.customizations.health.detect.dev_ClusterDefenderPartner"], PARTNER_LUA);
 }
 
 /// Objects as the operator writes them: an attached partner is Healthy, a partner with a wrong
@@ -272,7 +274,7 @@ fn argo_cd_and_flux_agree_on_the_terminal_reasons() {
     }
     let flux = include_str!("../deploy/flux/defender-operator.yaml");
     let failed: Vec<&str> = flux.lines().filter(|l| l.trim_start().starts_with("failed:")).collect();
-    assert_eq!(failed.len(), 2);
+    assert_eq!(failed.len(), 3, "DefenderPartner, ClusterDefenderPartner, ProbeFinding");
     for line in failed {
         let list = &line[line.find("e.reason in [").unwrap() + 13..line.rfind(']').unwrap()];
         let names: BTreeSet<&str> = list.split(',').map(|n| n.trim().trim_matches('\'')).collect();

@@ -65,7 +65,13 @@ fn flux_checks() -> BTreeMap<String, HealthCheck> {
             );
         }
     }
-    assert_eq!(checks.keys().collect::<Vec<_>>(), ["DefenderPartner", "ProbeFinding"]);
+    assert_eq!(checks.keys().collect::<Vec<_>>(), ["ClusterDefenderPartner", "DefenderPartner", "ProbeFinding"]);
+    // A ClusterDefenderPartner's status is a DefenderPartner's: the same verdicts.
+    let (cluster, partner) = (&checks["ClusterDefenderPartner"], &checks["DefenderPartner"]);
+    assert_eq!(
+        (&cluster.in_progress, &cluster.failed, &cluster.current),
+        (&partner.in_progress, &partner.failed, &partner.current)
+    );
     checks
 }
 

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 
 use crate::api::conditions::{INDICATORS_SYNCED, READY, Verdict};
-use crate::api::finding::{DeliveredIndicator, IndicatorKey, PartnerKind};
+use crate::api::finding::{DeliveredIndicator, IndicatorKey, PartnerKind, PartnerRef};
 use crate::api::partner::IndicatorSettings;
 use crate::api::{
     DefenderPartner, Delivery, DeliveryState, FindingReason, IndicatorAction, PartnerReason, PartnerState,
@@ -626,11 +626,16 @@ pub fn finding_ready(finding: &ProbeFinding, deliveries: &[Delivery], attached: 
 /// `Ready` of a finding whose `spec.partnerRef` names a partner that does not receive it: `named`
 /// is the partner of that name in the finding's namespace, if there is one. Either way the reason
 /// is `PartnerNotFound`; the message says which case it is and how to fix it.
-pub fn partner_ref_not_found(partner_ref: &str, named: Option<&DefenderPartner>) -> Verdict {
+pub fn partner_ref_not_found(partner_ref: &PartnerRef, named: Option<&DefenderPartner>) -> Verdict {
+    let name = &partner_ref.name;
+    let cluster = partner_ref.kind == Some(PartnerKind::ClusterDefenderPartner);
+    let (kind, scope) =
+        if cluster { ("ClusterDefenderPartner", "") } else { ("DefenderPartner", " in this namespace") };
     let message = match named {
         None => format!(
-            "spec.partnerRef names DefenderPartner {partner_ref:?}, which does not exist in this namespace; \
-             create it, or correct spec.partnerRef.name"
+            "spec.partnerRef names {kind} {name:?}, which does not exist{scope}; create it, or correct \
+             spec.partnerRef.{}",
+            if cluster { "kind" } else { "name" }
         ),
         Some(partner) => {
             let why = match partner.spec.finding_selector.clone().map(Selector::try_from) {
@@ -638,11 +643,16 @@ pub fn partner_ref_not_found(partner_ref: &str, named: Option<&DefenderPartner>)
                     format!("its spec.findingSelector ({selector}) does not match this finding's labels")
                 }
                 Some(Err(_)) => "its spec.findingSelector is invalid, so it selects no finding".to_string(),
+                None if cluster => "its spec.namespaceSelector does not select this finding's namespace".to_string(),
                 None => "it does not select this finding".to_string(),
             };
+            let fix = if cluster {
+                "label the finding or its namespace to match, or change the partner's selectors"
+            } else {
+                "label the finding to match, or change the partner's findingSelector"
+            };
             format!(
-                "spec.partnerRef names DefenderPartner {partner_ref:?}, which exists but does not receive this \
-                 finding: {why}; label the finding to match, or change the partner's findingSelector"
+                "spec.partnerRef names {kind} {name:?}, which exists but does not receive this finding: {why}; {fix}"
             )
         }
     };

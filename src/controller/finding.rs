@@ -141,7 +141,7 @@ fn finding_status(finding: &ProbeFinding, partners: &[Arc<DefenderPartner>], ctx
                 && (cluster || p.namespace() == finding.namespace())
                 && p.name_any() == partner_ref.name
         });
-        let verdict = decide::partner_ref_not_found(&partner_ref.name, named.as_deref());
+        let verdict = decide::partner_ref_not_found(partner_ref, named.as_deref());
         status.conditions = conditions::merge(&previous.conditions, &[verdict], generation, &now);
         return status;
     }

@@ -111,6 +111,7 @@ fn record_gauges(ctx: &Context) {
         ctx.metrics.indicators.get_or_create(&StateLabels { state: state.as_str() }).set(value);
     }
     ctx.metrics.quota_used.set(quota);
+    ctx.metrics.engines.set(ctx.engines.count() as i64);
 }
 
 pub fn error_policy<K: PartnerObject>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -209,6 +210,8 @@ async fn act(
 /// If the credentials are gone, the finalizer is released with a Warning rather than hanging.
 async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action, Error> {
     ctx.secret_index.forget(&partner);
+    // Its tenant's engine goes on for the tenant's other partners: told what is withdrawn below.
+    let engine = ctx.engines.get(&partner.owner_marker());
     ctx.engines.stop(&partner.owner_marker());
     // Deleting is the newer intent than suspending: a suspended partner's indicators are withdrawn
     // too when its policy says so.
@@ -243,6 +246,9 @@ async fn cleanup(partner: Arc<DefenderPartner>, ctx: &Context) -> Result<Action,
     match super::sync::withdraw_all(&client, &marker).await {
         Ok(count) => {
             info!(partner = %marker, count, "withdrew indicators");
+            if let Some(engine) = engine {
+                engine.withdrawn();
+            }
             publish(ctx, &partner, EventReason::Withdrawn, format!("withdrew {count} indicators from Defender")).await;
             Ok(Action::await_change())
         }

@@ -189,6 +189,17 @@ impl PartnerEngine {
             correlation.wake();
         }
     }
+
+    /// The partner's indicators were withdrawn (its deletion): the engine forgets them, so that
+    /// a value another of its partners wants is pushed again for that one.
+    pub fn withdrawn(&self) {
+        let mut view = self.engine.view.lock().unwrap();
+        let before = view.held.len();
+        view.held.retain(|_, held| held.owner.as_deref() != Some(self.marker.as_str()));
+        view.tenant_total = view.tenant_total.saturating_sub(before - view.held.len());
+        drop(view);
+        self.engine.wake.notify_one();
+    }
 }
 
 /// What makes two partners share an engine: the same cloud, token endpoint (tenant), app and
@@ -342,8 +353,13 @@ impl Worker {
         let mut batching = Batching { last_change: Instant::now(), pending_since: None };
         loop {
             let Some(engine) = self.engine.upgrade() else { return };
-            let Some(client) = engine.partners.lock().unwrap().values().next().map(|p| p.client.clone()) else {
-                return;
+            let client = engine.partners.lock().unwrap().values().next().map(|p| p.client.clone());
+            let Some(client) = client else {
+                // Started for a partner not yet added (or between partners): wait for one.
+                let wake = engine.wake.clone();
+                drop(engine);
+                let _ = tokio::time::timeout(self.config.tick, wake.notified()).await;
+                continue;
             };
             let read_due = last_read.is_none_or(|at| at.elapsed() >= self.config.resync);
             let result = if read_due {

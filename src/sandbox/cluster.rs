@@ -263,6 +263,9 @@ fn api_resource(api_version: &str, kind: &str) -> anyhow::Result<(ApiResource, b
             erase(ApiResource::erase::<crate::api::DefenderPartner>(&()), true)
         }
         ("detect.dev/v1alpha1", "ProbeFinding") => erase(ApiResource::erase::<crate::api::ProbeFinding>(&()), true),
+        ("detect.dev/v1alpha1", "ClusterDefenderPartner") => {
+            erase(ApiResource::erase::<crate::api::ClusterDefenderPartner>(&()), false)
+        }
         _ => bail!("the sandbox does not apply {api_version} {kind}"),
     }
 }

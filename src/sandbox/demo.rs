@@ -10,15 +10,16 @@ use kube::api::ListParams;
 
 use super::cluster::{Sandbox, SandboxOptions};
 use crate::api::conditions::{READY, find};
-use crate::api::{DefenderPartner, PartnerState, ProbeFinding};
+use crate::api::{ClusterDefenderPartner, DefenderPartner, PartnerState, ProbeFinding};
 
 /// The examples a newcomer reads in `deploy/examples/`, applied as they are.
-const EXAMPLES: [(&str, &str); 5] = [
+const EXAMPLES: [(&str, &str); 6] = [
     ("partner.yaml", include_str!("../../deploy/examples/partner.yaml")),
     ("findings.yaml", include_str!("../../deploy/examples/findings.yaml")),
     ("bad-credentials.yaml", include_str!("../../deploy/examples/bad-credentials.yaml")),
     ("partner-certificate.yaml", include_str!("../../deploy/examples/partner-certificate.yaml")),
     ("partner-workload-identity.yaml", include_str!("../../deploy/examples/partner-workload-identity.yaml")),
+    ("cluster-partner.yaml", include_str!("../../deploy/examples/cluster-partner.yaml")),
 ];
 
 #[derive(clap::Args, Debug, Clone)]
@@ -122,26 +123,34 @@ async fn without_a_secret(sandbox: &Sandbox) -> anyhow::Result<()> {
 
 /// The partners' and findings' tables, and what has not converged yet.
 async fn snapshot(sandbox: &Sandbox) -> anyhow::Result<(String, Vec<String>)> {
-    let partners = Api::<DefenderPartner>::all(sandbox.admin.clone()).list(&ListParams::default()).await?;
+    let cluster_partners =
+        Api::<ClusterDefenderPartner>::all(sandbox.admin.clone()).list(&ListParams::default()).await?;
+    let partners: Vec<DefenderPartner> = Api::<DefenderPartner>::all(sandbox.admin.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .chain(cluster_partners.items.iter().map(ClusterDefenderPartner::as_partner))
+        .collect();
     let findings = Api::<ProbeFinding>::all(sandbox.admin.clone()).list(&ListParams::default()).await?;
     let mut pending = Vec::new();
     let mut attached_namespaces: BTreeMap<String, bool> = BTreeMap::new();
 
     let mut text = format!(
-        "{:<24} {:<20} {:<10} {:<17} {:<38} {:<11} {}\n",
+        "{:<24} {:<30} {:<10} {:<17} {:<38} {:<11} {}\n",
         "NAMESPACE", "PARTNER", "STATE", "CREDENTIALS", "TENANT", "INDICATORS", "REASON"
     );
     for partner in &partners {
         let status = partner.status.clone().unwrap_or_default();
-        let namespace = partner.metadata.namespace.clone().unwrap_or_default();
-        let name = partner.metadata.name.clone().unwrap_or_default();
+        let namespace = partner.metadata.namespace.clone().unwrap_or_else(|| "(cluster-wide)".into());
+        let name = partner.delivery_name();
         let attached = status.state == Some(PartnerState::Attached);
         *attached_namespaces.entry(namespace.clone()).or_insert(true) &= attached;
         if status.state.is_none() || status.observed_generation != partner.metadata.generation {
             pending.push(format!("partner {namespace}/{name} has no verdict"));
         }
         text += &format!(
-            "{:<24} {:<20} {:<10} {:<17} {:<38} {:<11} {}\n",
+            "{:<24} {:<30} {:<10} {:<17} {:<38} {:<11} {}\n",
             namespace,
             name,
             status.state.map(|s| format!("{s:?}")).unwrap_or_default(),

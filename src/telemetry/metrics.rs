@@ -45,6 +45,8 @@ pub struct Metrics {
     pub partners: Family<StateLabels, Gauge>,
     pub indicators: Family<StateLabels, Gauge>,
     pub quota_used: Gauge,
+    /// Sync engines running: one per tenant and app.
+    pub engines: Gauge,
     pub kube_requests: Counter,
     /// The requests that write (create, update, patch, delete).
     pub kube_writes: Counter,
@@ -76,6 +78,8 @@ impl Default for Metrics {
             "Largest share of Defender's 15,000-indicator cap used by any tenant, in indicators",
             quota_used.clone(),
         );
+        let engines = Gauge::default();
+        registry.register("engines", "Sync engines running: one per tenant and app", engines.clone());
         let kube_requests = Counter::default();
         registry.register("kube_requests", "Requests sent to the Kubernetes API server", kube_requests.clone());
         let kube_writes = Counter::default();
@@ -125,6 +129,7 @@ impl Default for Metrics {
             partners,
             indicators,
             quota_used,
+            engines,
             kube_requests,
             kube_writes,
             defender_requests,

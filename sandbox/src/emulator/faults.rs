@@ -27,9 +27,29 @@ pub struct Faults {
     token_lifetime: Mutex<Option<Duration>>,
     /// Probability in [0, 1] that an API call is throttled at random (Retry-After 1 s).
     random_throttle: Mutex<f64>,
+    /// Tenants (lower-case ids) whose every API call alternates 429 and 503 until cleared.
+    tenant_outages: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Faults {
+    /// Every API call of `tenant` answers 429 (`Retry-After: 1`) and 503 in turn, until
+    /// [`Faults::end_tenant_outage`]: one tenant's Defender in trouble while the others are fine.
+    pub fn tenant_outage(&self, tenant: &str) {
+        self.tenant_outages.lock().unwrap().insert(tenant.to_ascii_lowercase(), 0);
+    }
+
+    pub fn end_tenant_outage(&self, tenant: &str) {
+        self.tenant_outages.lock().unwrap().remove(&tenant.to_ascii_lowercase());
+    }
+
+    /// The answer of `tenant`'s outage for the next call, if it has one.
+    pub(crate) fn take_tenant_fault(&self, tenant: &str) -> Option<Fault> {
+        let mut outages = self.tenant_outages.lock().unwrap();
+        let calls = outages.get_mut(&tenant.to_ascii_lowercase())?;
+        *calls += 1;
+        Some(if *calls % 2 == 1 { Fault::Throttle { retry_after_secs: 1 } } else { Fault::Fail { status: 503 } })
+    }
+
     /// The next `n` API calls answer 429 with `Retry-After: retry_after_secs`.
     pub fn throttle_next(&self, n: usize, retry_after_secs: u64) {
         let mut q = self.queue.lock().unwrap();
@@ -70,6 +90,7 @@ impl Faults {
         self.token_down.store(false, Ordering::SeqCst);
         *self.token_lifetime.lock().unwrap() = None;
         *self.random_throttle.lock().unwrap() = 0.0;
+        self.tenant_outages.lock().unwrap().clear();
     }
 
     /// Queued faults and hangs not yet consumed by a call.

@@ -312,7 +312,8 @@ impl ApiCall<'_> {
             *tenant = Some(c.tenant.clone());
             *app = Some(c.app.clone());
         }
-        match self.sh.faults.take_fault() {
+        let tenant_fault = tenant.as_deref().and_then(|t| self.sh.faults.take_tenant_fault(t));
+        match tenant_fault.or_else(|| self.sh.faults.take_fault()) {
             Some(Fault::Throttle { retry_after_secs }) => return throttled(retry_after_secs),
             Some(Fault::Fail { status }) => {
                 let code = match status {

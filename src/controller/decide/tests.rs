@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::finding::PartnerKind;
 use crate::api::finding::{Endpoint, IndicatorSpec, PartnerRef, TestRef};
 use crate::api::{DefenderPartnerSpec, IndicatorType, ProbeFindingSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
@@ -669,7 +670,7 @@ fn ready_is_nothing_to_deliver_when_every_delivery_is_skipped() {
 
 #[test]
 fn partner_ref_not_found_says_whether_the_partner_is_missing_or_does_not_select() {
-    let missing = partner_ref_not_found("late", None);
+    let missing = partner_ref_not_found(&PartnerRef { name: "late".into(), kind: None }, None);
     assert_eq!((missing.status, missing.reason), (false, "PartnerNotFound"));
     assert_eq!(
         missing.message,
@@ -682,7 +683,7 @@ fn partner_ref_not_found_says_whether_the_partner_is_missing_or_does_not_select(
         match_labels: Some([("team".to_string(), "red".to_string())].into()),
         ..Default::default()
     });
-    let excluded = partner_ref_not_found("late", Some(&choosy));
+    let excluded = partner_ref_not_found(&PartnerRef { name: "late".into(), kind: None }, Some(&choosy));
     assert_eq!((excluded.status, excluded.reason), (false, "PartnerNotFound"));
     assert!(!excluded.message.contains("does not exist"), "{}", excluded.message);
     assert_eq!(
@@ -700,7 +701,7 @@ fn partner_ref_not_found_says_whether_the_partner_is_missing_or_does_not_select(
         }]),
         ..Default::default()
     });
-    let invalid = partner_ref_not_found("late", Some(&choosy));
+    let invalid = partner_ref_not_found(&PartnerRef { name: "late".into(), kind: None }, Some(&choosy));
     assert!(
         invalid.message.contains("its spec.findingSelector is invalid, so it selects no finding"),
         "{}",
@@ -716,4 +717,92 @@ fn sync_report_verdicts() {
     assert!(!pending.verdict().status);
     let done = SyncReport { ready: true, submitted: 2, ..Default::default() };
     assert!(done.verdict().status);
+}
+
+/// A ClusterDefenderPartner, as the operator works with it.
+fn cluster_partner(name: &str, namespace_selector: Option<LabelSelector>) -> DefenderPartner {
+    let mut partner = partner(name);
+    partner.metadata.namespace = None;
+    partner.spec.namespace_selector = namespace_selector;
+    partner
+}
+
+#[test]
+fn a_cluster_partner_selects_the_findings_of_the_namespaces_its_selector_selects() {
+    let namespaces: NamespaceLabels =
+        [("red".to_string(), [("team".to_string(), "red".to_string())].into()), ("blue".to_string(), BTreeMap::new())]
+            .into();
+    let in_namespace = |namespace: &str| {
+        let mut finding = finding(namespace, TestState::Unprotected, &[&hash('a')]);
+        finding.metadata.namespace = Some(namespace.into());
+        finding
+    };
+    let red_only = cluster_partner(
+        "fleet",
+        Some(LabelSelector {
+            match_labels: Some([("team".to_string(), "red".to_string())].into()),
+            ..Default::default()
+        }),
+    );
+    assert!(selects(&red_only, &in_namespace("red"), &namespaces));
+    assert!(!selects(&red_only, &in_namespace("blue"), &namespaces));
+    assert!(!selects(&red_only, &in_namespace("unknown"), &namespaces), "a namespace not (yet) seen");
+    let everywhere = cluster_partner("fleet", None);
+    assert!(selects(&everywhere, &in_namespace("blue"), &namespaces));
+
+    // partnerRef names a partner and, optionally, its kind.
+    let mut pinned = in_namespace("blue");
+    pinned.spec.partner_ref = Some(PartnerRef { name: "fleet".into(), kind: None });
+    assert!(!selects(&everywhere, &pinned, &namespaces), "a bare name means the DefenderPartner of the namespace");
+    pinned.spec.partner_ref =
+        Some(PartnerRef { name: "fleet".into(), kind: Some(PartnerKind::ClusterDefenderPartner) });
+    assert!(selects(&everywhere, &pinned, &namespaces));
+    let mut namespaced = partner("fleet");
+    namespaced.metadata.namespace = Some("blue".into());
+    assert!(!selects(&namespaced, &pinned, &namespaces), "not the cluster partner");
+
+    // Deliveries and indicators name it by kind.
+    assert_eq!(everywhere.delivery_name(), "ClusterDefenderPartner/fleet");
+    assert_eq!(everywhere.owner_marker(), "ClusterDefenderPartner/fleet");
+}
+
+#[test]
+fn partners_of_one_tenant_write_a_shared_value_once_and_withdraw_only_their_own() {
+    let (a, b) = (partner("a"), partner("b"));
+    let (settings_a, settings_b) = (settings(&a), settings(&b));
+    let both = finding("both", TestState::Unprotected, &[&hash('a')]);
+    let mut only_b = finding("only-b", TestState::Unprotected, &[&hash('b')]);
+    only_b.spec.partner_ref = Some(PartnerRef { name: "b".into(), kind: None });
+    let findings = [both, only_b];
+    let want_a = desired(&a, &settings_a, &findings, &NamespaceLabels::new(), now());
+    let want_b = desired(&b, &settings_b, &findings, &NamespaceLabels::new(), now());
+    let members = [
+        Member { marker: &settings_a.marker, desired: &want_a, delete_withdrawn: true },
+        Member { marker: &settings_b.marker, desired: &want_b, delete_withdrawn: true },
+    ];
+    let plan = plan_members(&members, &HashMap::new(), 0, 15_000);
+    let pushed: Vec<(String, String)> =
+        plan.push.iter().map(|i| (i.indicator_value.clone(), i.external_id.clone())).collect();
+    assert_eq!(pushed, [(hash('a'), settings_a.marker.clone()), (hash('b'), settings_b.marker.clone())], "a once");
+
+    // Held: a's `a`, b's stale `c`, a's stale `d` that b still wants, someone else's `e`.
+    let held = |id: &str, owner: Option<&String>| Held { id: id.into(), owner: owner.cloned() };
+    let mut want_b = want_b;
+    want_b.push.insert(key(&hash('d')), want_a.push[&key(&hash('a'))].clone());
+    let members = [
+        Member { marker: &settings_a.marker, desired: &want_a, delete_withdrawn: true },
+        Member { marker: &settings_b.marker, desired: &want_b, delete_withdrawn: true },
+    ];
+    let remote = HashMap::from([
+        (key(&hash('a')), held("1", Some(&settings_a.marker))),
+        (key(&hash('c')), held("3", Some(&settings_b.marker))),
+        (key(&hash('d')), held("4", Some(&settings_a.marker))),
+        (key(&hash('e')), held("5", None)),
+    ]);
+    let plan = plan_members(&members, &remote, 4, 15_000);
+    assert_eq!(plan.withdraw, ["3"], "b's own stale value only; a's `d` stays while b wants it");
+
+    // The report counts a value held by a sibling partner as held for b.
+    let report = member_report(&members[1], &remote, &HashMap::new(), 0, (true, 4, 15_000), None);
+    assert_eq!((report.submitted, report.pending, report.external), (2, 1, 0), "{report:?}");
 }
