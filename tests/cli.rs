@@ -293,8 +293,9 @@ async fn the_sandbox_command_serves_the_operators_metrics_on_the_printed_address
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        // The demo's partners: one of each credentials type attached, one refused.
-        if text.contains(r#"defender_operator_partners{state="Attached"} 3"#) {
+        // The demo's partners: one of each credentials type and a cluster-wide one attached, one
+        // refused.
+        if text.contains(r#"defender_operator_partners{state="Attached"} 4"#) {
             assert!(text.contains("defender_operator_reconciles_total"), "{text}");
             break;
         }

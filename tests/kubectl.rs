@@ -88,6 +88,22 @@ async fn kubectl_applies_the_examples_and_sees_them_converge() {
     let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&kc, &["events", "-A"])).await.unwrap();
     assert!(ok && out.contains("Attached") && out.contains("InvalidSecret"), "{out}");
 
+    // The cluster-wide partner of the examples, by its short name, with the same columns.
+    let kc = kubeconfig.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let (ok, out) = kubectl(&kc, &["wait", "--for=condition=Ready", "cdp/fleet", "--timeout=30s"]);
+        if !ok {
+            return (ok, out);
+        }
+        kubectl(&kc, &["get", "cdp"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    let columns: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(columns, ["NAME", "STATE", "TENANT", "INDICATORS", "REASON", "AGE"], "{out}");
+    assert!(out.lines().any(|l| l.starts_with("fleet ") && l.contains("Attached")), "{out}");
+
     let kc = kubeconfig.clone();
     let (ok, out) = tokio::task::spawn_blocking(move || {
         kubectl(&kc, &["delete", "dp", "defender", "-n", "default", "--timeout=30s"])
@@ -97,7 +113,10 @@ async fn kubectl_applies_the_examples_and_sees_them_converge() {
     assert!(ok, "kubectl delete failed: {out}");
     let partners: Api<DefenderPartner> = Api::namespaced(world.admin.clone(), "default");
     assert!(partners.get_opt("defender").await.unwrap().is_none());
-    // deletionPolicy: Delete in the example: its indicators were withdrawn.
-    assert!(world.indicators().is_empty(), "{:?}", world.indicators());
+    // deletionPolicy: Delete in the example: its indicators were withdrawn; the cluster-wide
+    // partner's (same tenant and app, so the same engine) stay.
+    let left: Vec<String> =
+        world.indicators().iter().map(|i| i["externalId"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(left, ["ClusterDefenderPartner/fleet"], "{:?}", world.indicators());
     let _ = std::fs::remove_dir_all(&dir);
 }

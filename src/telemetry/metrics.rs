@@ -69,7 +69,11 @@ impl Default for Metrics {
         });
         registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
         let partners = Family::<StateLabels, Gauge>::default();
-        registry.register("partners", "DefenderPartners by state", partners.clone());
+        registry.register(
+            "partners",
+            "Partners (DefenderPartners and ClusterDefenderPartners) by state",
+            partners.clone(),
+        );
         let indicators = Family::<StateLabels, Gauge>::default();
         registry.register("indicators", "Desired indicators by delivery state, over all partners", indicators.clone());
         let quota_used = Gauge::default();
