@@ -251,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{:<44} {:>14}", "correlation: findings / machines / alerts", format!("{total}/{MACHINES}/{alerts}"));
         let settled = format!("correlation: settled (interval {INTERVAL:?})");
         println!("{:<44} {:>13.1}s", settled, f.outcome_settle.as_secs_f64());
-        println!("{:<44} {:>14}", "correlation: alert polls until settled", f.settled.polls);
+        println!("{:<44} {:>14}", "correlation: alert polls until settled", f.polls);
         println!("{:<44} {:>14}", "correlation: Defender read calls", f.calls.correlation_reads());
         for (endpoint, count) in f.calls.by_endpoint() {
             println!("  {:<42} {:>14}", endpoint, count);
@@ -289,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
             "correlation_alerts": figures.as_ref().map(|_| expected.alerted * partners),
             "correlation_interval_s": INTERVAL.as_secs(),
             "outcome_settle_s": figures.as_ref().map(|f| round(f.outcome_settle.as_secs_f64())),
-            "outcome_polls_to_settle": figures.as_ref().map(|f| f.settled.polls),
+            "outcome_polls_to_settle": figures.as_ref().map(|f| f.polls),
             "correlation_read_calls": figures.as_ref().map(|f| f.calls.correlation_reads()),
             "correlation_kube_requests": figures.as_ref().map(|f| f.kube_requests),
             "correlation_peak_rss_mib": figures.as_ref().map(|f| round(f.rss)),
@@ -508,35 +508,55 @@ async fn create_findings<'a>(
     Ok(())
 }
 
-async fn submitted(sandbox: &Sandbox) -> anyhow::Result<usize> {
-    let api: Api<ProbeFinding> = Api::all(sandbox.admin.clone());
-    let list = api.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|f| {
-            f.status.as_ref().is_some_and(|s| {
-                s.observed_generation == f.metadata.generation
-                    && s.deliveries.iter().all(|d| d.state == DeliveryState::Submitted)
-                    && !s.deliveries.is_empty()
-            })
-        })
-        .count())
+fn is_submitted(f: &ProbeFinding) -> bool {
+    f.status.as_ref().is_some_and(|s| {
+        s.observed_generation == f.metadata.generation
+            && s.deliveries.iter().all(|d| d.state == DeliveryState::Submitted)
+            && !s.deliveries.is_empty()
+    })
 }
 
+async fn submitted(sandbox: &Sandbox) -> anyhow::Result<usize> {
+    let api: Api<ProbeFinding> = Api::all(sandbox.admin.clone());
+    Ok(api.list(&ListParams::default()).await?.items.iter().filter(|f| is_submitted(f)).count())
+}
+
+/// Watched rather than listed: listing every finding every second would load the 2 cores being
+/// measured.
 async fn wait_all_submitted(sandbox: &Sandbox, count: usize, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let done = submitted(sandbox).await?;
-        if done >= count {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {done} of {count} findings Submitted after {timeout:?}");
-        }
-        // Listing the findings is work for the 2 cores being measured: not too often.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let counting = watch_until(sandbox.admin.clone(), count, is_submitted);
+    match tokio::time::timeout(timeout, counting).await {
+        Ok(done) => done.map(|_| ()),
+        Err(_) => bail!("only {} of {count} findings Submitted after {timeout:?}", submitted(sandbox).await?),
     }
+}
+
+/// Watches the findings of every namespace until `count` of them are `done`; returns when.
+async fn watch_until(
+    client: kube::Client,
+    count: usize,
+    done: impl Fn(&ProbeFinding) -> bool,
+) -> anyhow::Result<Instant> {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<ProbeFinding> = Api::all(client);
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut seen: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    let mut finished = 0usize;
+    while let Some(event) = stream.next().await {
+        let finding = match event? {
+            watcher::Event::Apply(finding) | watcher::Event::InitApply(finding) => finding,
+            _ => continue,
+        };
+        let now = done(&finding);
+        let key =
+            format!("{}/{}", finding.metadata.namespace.unwrap_or_default(), finding.metadata.name.unwrap_or_default());
+        let before = seen.insert(key, now).unwrap_or(false);
+        finished = finished + usize::from(now) - usize::from(before);
+        if finished >= count {
+            return Ok(Instant::now());
+        }
+    }
+    bail!("the findings' watch ended")
 }
 
 /// Steady after a restart: the new operator is ready (its caches are synced), each tenant's
@@ -585,7 +605,7 @@ async fn wait_steady_after_restart(
 
 /// What the correlation phase measured.
 struct Figures {
-    settled: Settled,
+    polls: usize,
     outcome_settle: Duration,
     calls: Calls,
     kube_requests: u64,
@@ -629,7 +649,11 @@ async fn correlation_phase(
     }
     // Watched rather than listed: listing every finding every second would load the 2 cores
     // being measured.
-    let settling = tokio::spawn(watch_until_settled(sandbox.admin.clone(), expected, total));
+    let settled = move |f: &ProbeFinding| {
+        let want = expected.detection(f.metadata.name.as_deref().unwrap_or_default());
+        f.status.as_ref().and_then(|s| s.deliveries.first()).and_then(|d| d.detection) == Some(want)
+    };
+    let settling = tokio::spawn(watch_until(sandbox.admin.clone(), total, settled));
     let alerts_created = Instant::now();
     for local in 0..expected.alerted {
         for (t, tenant) in tenants.iter().enumerate() {
@@ -638,16 +662,15 @@ async fn correlation_phase(
             sandbox.defender.run_test(&tenant.id, run);
         }
     }
-    let settled = tokio::time::timeout(Duration::from_secs(600), settling)
+    let settled_at = tokio::time::timeout(Duration::from_secs(600), settling)
         .await
         .context("findings not settled within 600 s")???;
     let polls = sandbox.defender.calls().iter().filter(|c| c.endpoint == Endpoint::Alerts).count();
-    let settled = Settled { polls, ..settled };
-    let outcome_settle = settled.at.duration_since(alerts_created);
+    let outcome_settle = settled_at.duration_since(alerts_created);
     let calls = Calls::of(sandbox);
     let kube_requests = kube_requests(metrics_port).await? - kube_before;
     let counts = wait_partner_counts(sandbox, &tenants[0], expected.alerted).await?;
-    Ok(Figures { settled, outcome_settle, calls, kube_requests, counts, rss: peak_rss_mib(operator)? })
+    Ok(Figures { polls, outcome_settle, calls, kube_requests, counts, rss: peak_rss_mib(operator)? })
 }
 
 /// Waits until the correlation has listed machines and antivirus health and polled alerts of
@@ -670,38 +693,6 @@ async fn wait_correlation_reads(sandbox: &Sandbox, tenants: &[Tenant]) -> anyhow
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// When every finding's detection settled, and how many alert polls that took.
-struct Settled {
-    at: Instant,
-    polls: usize,
-}
-
-/// Watches the findings of every namespace until each of the `count` has the detection
-/// `expected` says.
-async fn watch_until_settled(client: kube::Client, expected: Expected, count: usize) -> anyhow::Result<Settled> {
-    use kube::runtime::{WatchStreamExt, watcher};
-    let api: Api<ProbeFinding> = Api::all(client);
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut settled: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-    let mut done = 0usize;
-    while let Some(event) = stream.next().await {
-        let finding = match event? {
-            watcher::Event::Apply(finding) | watcher::Event::InitApply(finding) => finding,
-            _ => continue,
-        };
-        let name = finding.metadata.name.clone().unwrap_or_default();
-        let want = expected.detection(&name);
-        let now = finding.status.as_ref().and_then(|s| s.deliveries.first()).and_then(|d| d.detection) == Some(want);
-        let key = format!("{}/{name}", finding.metadata.namespace.unwrap_or_default());
-        let before = settled.insert(key, now).unwrap_or(false);
-        done = done + usize::from(now) - usize::from(before);
-        if done >= count {
-            return Ok(Settled { at: Instant::now(), polls: 0 });
-        }
-    }
-    bail!("the findings' watch ended")
 }
 
 /// The first partner's counts once they say `detected` and every other finding of it is

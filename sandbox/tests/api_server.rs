@@ -305,7 +305,8 @@ async fn watch_req(s: &KubeApiServer, path: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn watch_resumes_from_resource_version_and_expires_old_ones() {
-    let s = KubeApiServer::start(ApiServerConfig { watch_history: 5, ..Default::default() }).await.unwrap();
+    let config = ApiServerConfig { watch_history: 5, watch_history_fresh: Duration::ZERO, ..Default::default() };
+    let s = KubeApiServer::start(config).await.unwrap();
     let cms: Api<ConfigMap> = Api::default_namespaced(s.admin_client());
     let first = cms
         .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "w0"}})).unwrap())
@@ -1992,5 +1993,40 @@ async fn events_are_validated_and_printed_as_kube_apiserver_does() {
     // `kubectl events` orders by the newest time of each, events.k8s.io/v1 ones included.
     let out = k.ok(&["events"]).await;
     assert!(out.contains("InvalidSecret") && out.contains("Pulled"), "{out}");
+    s.shutdown().await;
+}
+
+/// As kube-apiserver's watch cache and etcd: a busy server keeps recent changes for resuming
+/// watches beyond its least history size, and a list's continue token outlives the watch history
+/// (it lasts until storage compaction), so a client that lists slowly under heavy writes still
+/// finishes its list.
+#[tokio::test]
+async fn under_heavy_writes_watches_resume_and_paginated_lists_finish() {
+    let config = ApiServerConfig { watch_history: 5, ..Default::default() };
+    let s = KubeApiServer::start(config).await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(s.admin_client());
+    let cm = |name: String| -> ConfigMap { serde_json::from_value(json!({"metadata": {"name": name}})).unwrap() };
+    cms.create(&PostParams::default(), &cm("a-0".into())).await.unwrap();
+    let first = cms.create(&PostParams::default(), &cm("a-1".into())).await.unwrap();
+    let page1 = cms.list(&ListParams::default().limit(1)).await.unwrap();
+    // Far more changes than the least history, within the fresh duration.
+    for i in 1..50 {
+        cms.create(&PostParams::default(), &cm(format!("c-{i}"))).await.unwrap();
+    }
+    let rv = first.metadata.resource_version.unwrap();
+    let resumed =
+        watch_req(&s, &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}")).await;
+    let events = read_events(resumed, 49, Duration::from_secs(5)).await;
+    assert_eq!(events.len(), 49);
+    assert!(events.iter().all(|e| e["type"] == "ADDED"), "{events:?}");
+    // The list begun before those changes goes on from its token, as of its first page.
+    let token = page1.metadata.continue_.clone().unwrap();
+    let page2 = cms.list(&ListParams::default().limit(100).continue_token(&token)).await.unwrap();
+    assert_eq!(page2.metadata.resource_version, page1.metadata.resource_version);
+    assert_eq!(page2.items[0].metadata.name.as_deref(), Some("a-1"));
+    // Compacted storage expires the token.
+    s.expire_watch_history();
+    let e = api_err(cms.list(&ListParams::default().limit(1).continue_token(&token)).await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
     s.shutdown().await;
 }

@@ -73,12 +73,21 @@ use rbac::User;
 use registry::ResourceDef;
 use store::Store;
 
+/// The most changes the watch history keeps (kube-apiserver's watch cache upper bound).
+const WATCH_HISTORY_MOST: usize = 100 * 1024;
+/// How long a paginated list's continue token stays valid: until storage compacts its revision,
+/// which kube-apiserver has etcd do every 5 minutes (`--etcd-compaction-interval`).
+pub(crate) const CONTINUE_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ApiServerConfig {
-    /// How many change events are kept for watches that resume from a resourceVersion; older
-    /// resourceVersions get 410 Gone (`Expired`).
+    /// How many change events are kept at least for watches that resume from a resourceVersion;
+    /// older resourceVersions get 410 Gone (`Expired`).
     pub watch_history: usize,
+    /// Changes younger than this are kept too (up to 102,400), as kube-apiserver's watch cache
+    /// keeps 75 s of them; zero keeps exactly `watch_history`.
+    pub watch_history_fresh: Duration,
     /// How often a watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one.
     pub bookmark_interval: Duration,
     /// The Kubernetes version reported by `/version`.
@@ -97,6 +106,7 @@ impl Default for ApiServerConfig {
     fn default() -> Self {
         ApiServerConfig {
             watch_history: 1000,
+            watch_history_fresh: Duration::from_secs(75),
             bookmark_interval: Duration::from_secs(5),
             minor_version: 33,
             service_account_issuer: None,
@@ -180,7 +190,11 @@ impl KubeApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (cert_pem, acceptor) = serve::tls()?;
-        let mut st = Store::new(config.watch_history);
+        let mut st = Store::new(store::HistoryWindow {
+            least: config.watch_history,
+            fresh: config.watch_history_fresh,
+            most: WATCH_HISTORY_MOST.max(config.watch_history),
+        });
         ops::bootstrap(&mut st);
         let cancel = CancellationToken::new();
         let serving = cancel.child_token();

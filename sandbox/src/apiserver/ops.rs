@@ -642,14 +642,17 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
     let fs = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or(""), &ctx.def, &ctx.version)?;
     if let (Some(rv), Some("Exact")) = (ctx.q("resourceVersion"), ctx.q("resourceVersionMatch"))
         && let Ok(rv) = rv.parse::<u64>()
-        && rv <= st.compacted
+        && rv <= st.storage_compacted
     {
-        return Err(ApiError::expired(rv, st.compacted + 1));
+        return Err(ApiError::expired(rv, st.storage_compacted + 1));
     }
     // A paginated list is one list as of its first page: every page and the final
     // resourceVersion carry the first page's version, so a watch from there replays whatever
     // changed while the pages were read (a real API server serves the pages from a snapshot).
+    // Its continue token lasts until storage compacts that version (every 5 minutes).
+    let now = unix_seconds();
     let mut list_rv = st.rv;
+    let mut first_page_at = now;
     let after: Option<(String, String)> = match ctx.q("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -658,7 +661,8 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
             let v: Value =
                 serde_json::from_slice(&raw).map_err(|_| ApiError::bad_request("continue key is not valid"))?;
             if let Some(rv) = v["rv"].as_u64() {
-                if rv < st.compacted {
+                first_page_at = v["at"].as_u64().unwrap_or(now);
+                if rv < st.storage_compacted || now.saturating_sub(first_page_at) > super::CONTINUE_LIFETIME.as_secs() {
                     return Err(ApiError::new(
                         410,
                         "Expired",
@@ -673,26 +677,37 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
     };
     let limit: usize = ctx.q("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let ns = if ctx.def.namespaced && !ctx.ns.is_empty() { Some(ctx.ns.as_str()) } else { None };
-    let matching: Vec<Value> = st
-        .list(&ctx.def.key(), ns)
-        .into_iter()
-        .filter(|o| {
-            after.as_ref().is_none_or(|(ans, aname)| {
-                let k = (o["metadata"]["namespace"].as_str().unwrap_or_default(), name_of(o));
-                (k.0, k.1) > (ans.as_str(), aname.as_str())
-            })
+    let stored = st.list(&ctx.def.key(), ns);
+    // Objects come in (namespace, name) order: a page starts right after the previous one's last.
+    let start = after.as_ref().map_or(0, |(ans, aname)| {
+        stored.partition_point(|o| {
+            (o["metadata"]["namespace"].as_str().unwrap_or_default(), name_of(o)) <= (ans.as_str(), aname.as_str())
         })
-        .map(|o| present(o, &ctx.def, &ctx.version))
-        .filter(|o| ls.matches(o) && fs.matches(o))
-        .collect();
+    });
+    // Selectors judge what the client would see; only an Event's shape differs from the stored one.
+    let selected = |o: &Value| {
+        if ctx.def.is_events_v1() {
+            let shown = present(o, &ctx.def, &ctx.version);
+            ls.matches(&shown) && fs.matches(&shown)
+        } else {
+            ls.matches(o) && fs.matches(o)
+        }
+    };
+    let mut rest = stored[start..].iter().copied().filter(|o| selected(o));
+    let items: Vec<Value> = rest.by_ref().take(limit).map(|o| present(o, &ctx.def, &ctx.version)).collect();
+    let remaining = rest.count();
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
-    let items: Vec<Value> = matching.iter().take(limit).cloned().collect();
-    if matching.len() > limit
+    if remaining > 0
         && let Some(last) = items.last()
     {
-        let token = json!({"ns": last["metadata"]["namespace"].as_str().unwrap_or_default(), "name": name_of(last), "rv": list_rv});
+        let token = json!({
+            "ns": last["metadata"]["namespace"].as_str().unwrap_or_default(),
+            "name": name_of(last),
+            "rv": list_rv,
+            "at": first_page_at,
+        });
         meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string()));
-        meta["remainingItemCount"] = json!(matching.len() - limit);
+        meta["remainingItemCount"] = json!(remaining);
     }
     Ok(json!({
         "apiVersion": ctx.def.api_version(&ctx.version),
@@ -700,6 +715,10 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
         "metadata": meta,
         "items": items,
     }))
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn check_namespace(st: &Store, ctx: &Ctx) -> ApiResult<()> {

@@ -1,9 +1,10 @@
-//! In-memory object storage: one global resourceVersion, a bounded window of change events for
-//! watches, and a broadcast channel to live watchers.
+//! In-memory object storage: one global resourceVersion, a window of change events for watches
+//! (sized as kube-apiserver's watch cache is), and a broadcast channel to live watchers.
 
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::registry::ResourceDef;
@@ -43,12 +44,27 @@ pub struct Store {
     pub rv: u64,
     objects: HashMap<ResKey, BTreeMap<ObjKey, Value>>,
     pub history: VecDeque<Arc<Change>>,
+    /// When each change of `history` was recorded.
+    recorded: VecDeque<Instant>,
     /// The highest resourceVersion dropped from the history window (watches from below it get 410).
     pub compacted: u64,
-    history_size: usize,
+    /// The highest resourceVersion storage compacted away (the compaction fault): lists continued
+    /// or pinned (`Exact`) below it get 410.
+    pub storage_compacted: u64,
+    window: HistoryWindow,
     pub tx: broadcast::Sender<Arc<Change>>,
     /// Custom resources defined by CRDs, by (group, plural).
     pub custom: BTreeMap<ResKey, ResourceDef>,
+}
+
+/// How many changes the watch history keeps. kube-apiserver's watch cache keeps at least 100,
+/// keeps every change younger than 75 s, and at most 102,400 (`eventFreshDuration`,
+/// `lowerBoundCapacity`, `upperBoundCapacity` in k8s.io/apiserver's cacher).
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryWindow {
+    pub least: usize,
+    pub fresh: Duration,
+    pub most: usize,
 }
 
 pub fn rv_of(obj: &Value) -> u64 {
@@ -56,14 +72,16 @@ pub fn rv_of(obj: &Value) -> u64 {
 }
 
 impl Store {
-    pub fn new(history_size: usize) -> Self {
+    pub fn new(window: HistoryWindow) -> Self {
         let (tx, _) = broadcast::channel(8192);
         Store {
             rv: 1,
             objects: HashMap::new(),
             history: VecDeque::new(),
+            recorded: VecDeque::new(),
             compacted: 0,
-            history_size: history_size.max(1),
+            storage_compacted: 0,
+            window: HistoryWindow { least: window.least.max(1), ..window },
             tx,
             custom: BTreeMap::new(),
         }
@@ -97,16 +115,27 @@ impl Store {
         self.rv
     }
 
-    /// Forgets the change history: watches from any earlier resourceVersion get 410 Gone.
+    /// Forgets the change history and compacts storage: watches from any earlier
+    /// resourceVersion, and lists continued from one, get 410 Gone.
     pub fn compact(&mut self) {
         self.history.clear();
+        self.recorded.clear();
         self.compacted = self.rv;
+        self.storage_compacted = self.rv;
     }
 
     fn record(&mut self, change: Change) {
         let change = Arc::new(change);
+        let now = Instant::now();
         self.history.push_back(change.clone());
-        while self.history.len() > self.history_size {
+        self.recorded.push_back(now);
+        // As the watch cache: a change leaves once the window holds more than its least size and
+        // the change is older than the fresh duration, or the window is at its most.
+        while self.history.len() > self.window.least
+            && (self.history.len() > self.window.most
+                || self.recorded.front().is_some_and(|at| now.duration_since(*at) >= self.window.fresh))
+        {
+            self.recorded.pop_front();
             if let Some(c) = self.history.pop_front() {
                 self.compacted = c.rv;
             }
