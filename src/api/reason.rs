@@ -157,9 +157,9 @@ reasons! {
         NothingToDeliver => Fine, "—";
         Expired => Fine, "—";
         Pending => Retrying, "—";
-        NoPartner => Retrying, "Create a `DefenderPartner` in the finding's namespace that selects it.";
+        NoPartner => Retrying, "Create a `DefenderPartner` in the finding's namespace that selects it, or label the namespace for a `ClusterDefenderPartner`.";
         DeliveryFailed => Terminal, "See the failed delivery's message.";
-        PartnerNotFound => Terminal, "Correct `spec.partnerRef`, or label the finding to match the partner's `findingSelector`.";
+        PartnerNotFound => Terminal, "Correct `spec.partnerRef`, or label the finding (or, for a `ClusterDefenderPartner`, its namespace) to match the partner's selectors.";
         InvalidFinding => Terminal, "Fix the field the message names.";
     }
 }

@@ -114,13 +114,29 @@ pub fn expiry(finding: &ProbeFinding, settings: &IndicatorSettings) -> Result<Op
         })
 }
 
-/// What one partner should hold for its namespace, built from the findings it selects.
-#[derive(Debug, Default, PartialEq)]
-pub struct Desired {
+/// What one partner should hold for its namespace, built from the findings it selects. It
+/// borrows the findings: an indicator's body is built only for what is pushed
+/// ([`Desired::indicator`]), since a round plans over every finding and pushes few.
+#[derive(Debug, Default)]
+pub struct Desired<'a> {
     /// Indicators to be in Defender: UNPROTECTED, unexpired, valid findings.
-    pub push: BTreeMap<IndicatorKey, NewIndicator>,
+    pub push: BTreeMap<IndicatorKey, Want<'a>>,
     /// Every value a live finding refers to, in any state: what `deletionPolicy: Delete` keeps.
     pub referenced: BTreeSet<IndicatorKey>,
+}
+
+/// Where one wanted value comes from: of the findings that carry it, the one that expires last.
+#[derive(Clone, Copy, Debug)]
+pub struct Want<'a> {
+    pub finding: &'a ProbeFinding,
+    pub expires: Option<Timestamp>,
+}
+
+impl Desired<'_> {
+    /// The indicator body a push sends for `key`, with the partner's settings.
+    pub fn indicator(&self, key: &IndicatorKey, settings: &PartnerSettings) -> Option<NewIndicator> {
+        self.push.get(key).map(|want| new_indicator(key, want.finding, settings, want.expires))
+    }
 }
 
 /// The partner's identity and settings as the sync engine needs them.
@@ -139,7 +155,7 @@ pub fn desired<'a>(
     findings: impl IntoIterator<Item = &'a ProbeFinding>,
     namespaces: &NamespaceLabels,
     now: Timestamp,
-) -> Desired {
+) -> Desired<'a> {
     let mut desired = Desired::default();
     let selection = Selection::of(partner, namespaces);
     for finding in findings.into_iter().filter(|f| selection.selects(f)) {
@@ -154,12 +170,11 @@ pub fn desired<'a>(
             continue;
         }
         for key in keys {
-            let indicator = new_indicator(&key, finding, settings, expires);
             // Several findings may share a value: keep the one that expires last.
             match desired.push.get(&key) {
-                Some(existing) if existing.expiration_time >= indicator.expiration_time => {}
+                Some(existing) if existing.expires >= expires => {}
                 _ => {
-                    desired.push.insert(key, indicator);
+                    desired.push.insert(key, Want { finding, expires });
                 }
             }
         }
@@ -253,28 +268,26 @@ pub struct Held {
 
 /// One partner of an engine, as a round plans for it.
 pub struct Member<'a> {
-    pub marker: &'a str,
-    pub desired: &'a Desired,
-    pub delete_withdrawn: bool,
+    pub settings: &'a PartnerSettings,
+    pub desired: &'a Desired<'a>,
 }
 
 /// The plan of one partner alone (see [`plan_members`]); `remote`'s values held by `Us` are its.
 pub fn plan(
     desired: &Desired,
+    settings: &PartnerSettings,
     remote: &HashMap<IndicatorKey, Remote>,
-    delete_withdrawn: bool,
     tenant_total: usize,
     cap: usize,
 ) -> Plan {
-    const MARKER: &str = "the partner";
     let held: HashMap<IndicatorKey, Held> = remote
         .iter()
         .map(|(key, remote)| {
-            let owner = (remote.holder == Holder::Us).then(|| MARKER.to_string());
+            let owner = (remote.holder == Holder::Us).then(|| settings.marker.clone());
             (key.clone(), Held { id: remote.id.clone(), owner })
         })
         .collect();
-    plan_members(&[Member { marker: MARKER, desired, delete_withdrawn }], &held, tenant_total, cap)
+    plan_members(&[Member { settings, desired }], &held, tenant_total, cap)
 }
 
 /// The sync plan of one tenant and app for a round, over all its partners: push what no one
@@ -285,10 +298,10 @@ pub fn plan_members(members: &[Member], held: &HashMap<IndicatorKey, Held>, tena
     let mut plan = Plan::default();
     let mut room = cap.saturating_sub(tenant_total);
     let mut members: Vec<&Member> = members.iter().collect();
-    members.sort_by_key(|m| m.marker);
+    members.sort_by_key(|m| &m.settings.marker);
     let mut planned: BTreeSet<&IndicatorKey> = BTreeSet::new();
     for member in &members {
-        for (key, indicator) in &member.desired.push {
+        for (key, want) in &member.desired.push {
             if held.contains_key(key) || !planned.insert(key) {
                 continue;
             }
@@ -297,15 +310,15 @@ pub fn plan_members(members: &[Member], held: &HashMap<IndicatorKey, Held>, tena
                 continue;
             }
             room -= 1;
-            plan.push.push(indicator.clone());
+            plan.push.push(new_indicator(key, want.finding, member.settings, want.expires));
         }
     }
-    for member in members.iter().filter(|m| m.delete_withdrawn) {
+    for member in members.iter().filter(|m| m.settings.delete_withdrawn) {
         let wanted_elsewhere = |key: &IndicatorKey| members.iter().any(|m| m.desired.push.contains_key(key));
         plan.withdraw.extend(
             held.iter()
                 .filter(|(key, held)| {
-                    held.owner.as_deref() == Some(member.marker)
+                    held.owner.as_ref() == Some(&member.settings.marker)
                         && !member.desired.referenced.contains(*key)
                         && !wanted_elsewhere(key)
                 })
@@ -348,7 +361,8 @@ pub fn member_report(
     // Values that stay for live findings no longer asking for them (a later PROTECTED result is
     // the indicator working) are in Defender for this partner too.
     let kept = member.desired.referenced.iter().filter(|key| !member.desired.push.contains_key(*key));
-    let kept = kept.filter(|key| held.get(*key).is_some_and(|h| h.owner.as_deref() == Some(member.marker))).count();
+    let kept =
+        kept.filter(|key| held.get(*key).is_some_and(|h| h.owner.as_ref() == Some(&member.settings.marker))).count();
     report.desired += kept as u32;
     report.submitted += kept as u32;
     report

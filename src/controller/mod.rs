@@ -341,7 +341,10 @@ pub async fn run(
     let findings = finding_controller.run(finding::reconcile, finding::error_policy, ctx).for_each(move |result| {
         match result {
             // A finding went away: the engines recompute what to withdraw.
-            Err(kube::runtime::controller::Error::ObjectNotFound(_)) => finding_ctx.engines.wake_all(),
+            Err(kube::runtime::controller::Error::ObjectNotFound(gone)) => match &gone.namespace {
+                Some(namespace) => finding_ctx.engines.wake_for(namespace),
+                None => finding_ctx.engines.wake_all(),
+            },
             Err(error) => log_controller_error("ProbeFinding", &error),
             Ok(_) => {}
         }
@@ -438,13 +441,16 @@ fn namespace_events(
             if let Ok(namespace) = namespace {
                 let name = namespace.metadata.name.clone().unwrap_or_default();
                 if labels.insert(name.clone(), namespace.metadata.labels.clone()) != Some(namespace.metadata.labels) {
-                    engines.wake_all();
+                    engines.wake_for(&name);
                     wake_findings_in(Some(&name), &findings, &finding_queue);
                 }
             }
             futures::future::ready(())
         })
 }
+
+/// The annotation `kubectl apply` keeps the applied object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The findings' watch, cached in `cache`: read one by one (an unreadable finding is recorded in
 /// `unreadable` instead of failing the list), without managed fields.
@@ -458,9 +464,12 @@ fn finding_events(
     watcher::watcher(untyped::<ProbeFinding>(client, config), watcher::Config::default())
         .default_backoff()
         .map_ok(move |event| unreadable.read(event))
-        // The cache holds every finding: keep it lean. Managed fields are most of an object and
-        // the operator never reads them.
-        .modify(|finding| finding.managed_fields_mut().clear())
+        // The cache holds every finding: keep it lean. Managed fields are most of an object, and
+        // kubectl's last-applied copy of the spec a second one; the operator reads neither.
+        .modify(|finding| {
+            finding.managed_fields_mut().clear();
+            finding.annotations_mut().remove(LAST_APPLIED);
+        })
         .reflect(cache)
         .touched_objects()
         // A new or changed finding wakes its engines as soon as it is in the cache, however long
@@ -471,7 +480,7 @@ fn finding_events(
                 && let Some(namespace) = &finding.metadata.namespace
             {
                 tracing::trace!(finding = ?finding.metadata.name, namespace, "new or changed finding in the cache");
-                engines.wake_all();
+                engines.wake_for(namespace);
             }
         })
 }

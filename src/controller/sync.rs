@@ -292,10 +292,27 @@ impl Engines {
 
     /// Wakes every engine (a finding or a namespace changed or went away).
     pub fn wake_all(&self) {
+        self.wake_where(|_| true);
+    }
+
+    /// Wakes the engines, and the correlations, of the partners that may select a finding of
+    /// `namespace`: those of that namespace and the cluster-wide ones. With many tenants a new
+    /// finding costs one tenant's round, not every tenant's.
+    pub fn wake_for(&self, namespace: &str) {
+        self.wake_where(|partner| partner.metadata.namespace.as_deref().is_none_or(|ns| ns == namespace));
+    }
+
+    fn wake_where(&self, concerned: impl Fn(&DefenderPartner) -> bool) {
         for engine in self.running.lock().unwrap().by_tenant.values() {
-            engine.wake.notify_one();
+            let mut woken = false;
             for partner in engine.partners.lock().unwrap().values() {
-                partner.correlation.wake();
+                if concerned(&partner.partner.borrow()) {
+                    partner.correlation.wake();
+                    woken = true;
+                }
+            }
+            if woken {
+                engine.wake.notify_one();
             }
         }
     }
@@ -351,6 +368,7 @@ impl Worker {
         let mut last_read: Option<Instant> = None;
         let mut failures: u32 = 0;
         let mut batching = Batching { last_change: Instant::now(), pending_since: None };
+        let mut planning = Duration::ZERO;
         loop {
             let Some(engine) = self.engine.upgrade() else { return };
             let client = engine.partners.lock().unwrap().values().next().map(|p| p.client.clone());
@@ -368,7 +386,7 @@ impl Worker {
                 Ok(())
             };
             let result = match result {
-                Ok(()) => self.round(&engine, &client, &mut batching).await,
+                Ok(()) => self.round(&engine, &client, &mut batching, &mut planning).await,
                 Err(error) => Err(error),
             };
             let next_round = match result {
@@ -394,6 +412,9 @@ impl Worker {
             let wait = next_round.unwrap_or(self.config.tick);
             let wake = engine.wake.clone();
             drop(engine);
+            // A round plans over every finding of its partners: while findings pour in, wait at
+            // least as long as the last plan took, so that an engine takes at most half a core.
+            tokio::time::sleep(planning.min(wait)).await;
             tokio::select! {
                 _ = wake.notified() => batching.last_change = Instant::now(),
                 _ = tokio::time::sleep(wait) => {}
@@ -448,7 +469,9 @@ impl Worker {
         engine: &Engine,
         client: &DefenderClient,
         batching: &mut Batching,
+        planning: &mut Duration,
     ) -> Result<Option<Duration>, DefenderError> {
+        let planned = Instant::now();
         let partners = Self::snapshot(engine);
         let findings = self.caches.findings.state();
         let namespaces = self.caches.namespace_labels();
@@ -457,19 +480,13 @@ impl Worker {
             .iter()
             .map(|p| decide::desired(&p.partner, &p.settings, findings.iter().map(|f| &**f), &namespaces, now))
             .collect();
-        let members: Vec<Member> = partners
-            .iter()
-            .zip(&wanted)
-            .map(|(p, desired)| Member {
-                marker: &p.settings.marker,
-                desired,
-                delete_withdrawn: p.settings.delete_withdrawn,
-            })
-            .collect();
+        let members: Vec<Member> =
+            partners.iter().zip(&wanted).map(|(p, desired)| Member { settings: &p.settings, desired }).collect();
         let mut plan = {
             let view = engine.view.lock().unwrap();
             decide::plan_members(&members, &view.held, view.tenant_total, self.config.tenant_cap)
         };
+        *planning = planned.elapsed();
         let patience = Patience { coalesce: self.config.coalesce, max_delay: self.config.max_delay };
         let release = batching::release(batching, plan.push.len(), plan.withdraw.len(), Instant::now(), patience);
         plan.push.truncate(release.push);
@@ -583,8 +600,8 @@ impl Worker {
             (view.ready, view.tenant_total, self.config.tenant_cap),
             error.map(|e| (e.reason(), e.to_string())),
         );
-        if view.reports.get(member.marker) != Some(&report) {
-            view.reports.insert(member.marker.to_string(), report);
+        if view.reports.get(&member.settings.marker) != Some(&report) {
+            view.reports.insert(member.settings.marker.clone(), report);
             drop(view);
             self.triggers.partner(&snapshot.partner);
         }

@@ -130,7 +130,7 @@ fn indicator_carries_the_partner_settings_and_marker() {
     let settings = settings(&partner);
     let finding = finding("f", TestState::Unprotected, &[&hash('a')]);
     let desired = desired(&partner, &settings, [&finding], &NamespaceLabels::new(), now());
-    let indicator = &desired.push[&key(&hash('a'))];
+    let indicator = desired.indicator(&key(&hash('a')), &settings).unwrap();
     assert_eq!(indicator.action, "Audit");
     assert!(indicator.generate_alert, "Audit forces generateAlert");
     assert_eq!(indicator.severity, "High");
@@ -172,11 +172,12 @@ fn plan_skips_what_defender_holds_and_withdraws_only_our_unreferenced() {
         (key(&hash('c')), Remote { id: "3".into(), holder: Holder::Us }),
         (key(&hash('d')), Remote { id: "4".into(), holder: Holder::Foreign }),
     ]);
-    let plan = plan(&desired, &remote, true, 3, 15_000);
+    let plan = plan(&desired, &settings, &remote, 3, 15_000);
     assert_eq!(plan.push.iter().map(|i| i.indicator_value.clone()).collect::<Vec<_>>(), vec![hash('b')]);
     assert_eq!(plan.withdraw, vec!["3".to_string()]);
 
-    let retain = super::plan(&desired, &remote, false, 3, 15_000);
+    let retaining = PartnerSettings { delete_withdrawn: false, ..settings.clone() };
+    let retain = super::plan(&desired, &retaining, &remote, 3, 15_000);
     assert!(retain.withdraw.is_empty());
 }
 
@@ -186,7 +187,7 @@ fn plan_stops_at_the_tenant_cap() {
     let settings = settings(&partner);
     let findings = [finding("f", TestState::Unprotected, &[&hash('a'), &hash('b'), &hash('c')])];
     let desired = desired(&partner, &settings, &findings, &NamespaceLabels::new(), now());
-    let plan = plan(&desired, &HashMap::new(), false, 14_999, 15_000);
+    let plan = plan(&desired, &settings, &HashMap::new(), 14_999, 15_000);
     assert_eq!(plan.push.len(), 1);
     assert_eq!(plan.over_quota.len(), 2);
 }
@@ -290,8 +291,8 @@ fn an_unusable_expire_after_pushes_nothing_and_fails_the_delivery_naming_the_fie
     let mut partner = partner("p");
     partner.spec.indicator.expire_after = crate::api::partner::MAX_EXPIRE_AFTER.into();
     let settings = settings(&partner);
-    let indicator =
-        &desired(&partner, &settings, [&unprotected], &NamespaceLabels::new(), now()).push[&key(&hash('a'))];
+    let wanted = desired(&partner, &settings, [&unprotected], &NamespaceLabels::new(), now());
+    let indicator = wanted.indicator(&key(&hash('a')), &settings).unwrap();
     let expected =
         Timestamp::from_second(NOW - 3600 + 87600 * 3600).unwrap().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     assert_eq!(indicator.expiration_time.as_deref(), Some(expected.as_str()));
@@ -776,10 +777,8 @@ fn partners_of_one_tenant_write_a_shared_value_once_and_withdraw_only_their_own(
     let findings = [both, only_b];
     let want_a = desired(&a, &settings_a, &findings, &NamespaceLabels::new(), now());
     let want_b = desired(&b, &settings_b, &findings, &NamespaceLabels::new(), now());
-    let members = [
-        Member { marker: &settings_a.marker, desired: &want_a, delete_withdrawn: true },
-        Member { marker: &settings_b.marker, desired: &want_b, delete_withdrawn: true },
-    ];
+    let members =
+        [Member { settings: &settings_a, desired: &want_a }, Member { settings: &settings_b, desired: &want_b }];
     let plan = plan_members(&members, &HashMap::new(), 0, 15_000);
     let pushed: Vec<(String, String)> =
         plan.push.iter().map(|i| (i.indicator_value.clone(), i.external_id.clone())).collect();
@@ -788,11 +787,9 @@ fn partners_of_one_tenant_write_a_shared_value_once_and_withdraw_only_their_own(
     // Held: a's `a`, b's stale `c`, a's stale `d` that b still wants, someone else's `e`.
     let held = |id: &str, owner: Option<&String>| Held { id: id.into(), owner: owner.cloned() };
     let mut want_b = want_b;
-    want_b.push.insert(key(&hash('d')), want_a.push[&key(&hash('a'))].clone());
-    let members = [
-        Member { marker: &settings_a.marker, desired: &want_a, delete_withdrawn: true },
-        Member { marker: &settings_b.marker, desired: &want_b, delete_withdrawn: true },
-    ];
+    want_b.push.insert(key(&hash('d')), want_a.push[&key(&hash('a'))]);
+    let members =
+        [Member { settings: &settings_a, desired: &want_a }, Member { settings: &settings_b, desired: &want_b }];
     let remote = HashMap::from([
         (key(&hash('a')), held("1", Some(&settings_a.marker))),
         (key(&hash('c')), held("3", Some(&settings_b.marker))),
