@@ -543,8 +543,9 @@ async fn watch_until(
     let mut seen: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     let mut finished = 0usize;
     while let Some(event) = stream.next().await {
-        let finding = match event? {
-            watcher::Event::Apply(finding) | watcher::Event::InitApply(finding) => finding,
+        // A watch that fell behind the server's history is listed again by the watcher.
+        let finding = match event {
+            Ok(watcher::Event::Apply(finding) | watcher::Event::InitApply(finding)) => finding,
             _ => continue,
         };
         let now = done(&finding);

@@ -347,6 +347,15 @@ impl Engine {
     }
 }
 
+/// Full reads of Defender's indicators under way at once, over all engines.
+static FULL_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// The longest an engine waits for its turn to read before it reads anyway.
+const FULL_READ_TURN: Duration = Duration::from_secs(5);
+
+/// The least pause between two rounds of an engine: well under the pause that sends a partial
+/// batch, far more than enough for a full batch to leave as soon as it fills.
+const ROUND_GAP: Duration = Duration::from_millis(100);
+
 /// A partner as one round sees it.
 struct Snapshot {
     partner: Arc<DefenderPartner>,
@@ -412,9 +421,10 @@ impl Worker {
             let wait = next_round.unwrap_or(self.config.tick);
             let wake = engine.wake.clone();
             drop(engine);
-            // A round plans over every finding of its partners: while findings pour in, wait at
-            // least as long as the last plan took, so that an engine takes at most half a core.
-            tokio::time::sleep(planning.min(wait)).await;
+            // A round plans over every finding of its partners, and while findings pour in every
+            // round ends woken: pause between rounds (at least as long as the last plan took, so
+            // that an engine takes at most half a core). A quiet engine answers a wake at once.
+            tokio::time::sleep(planning.max(ROUND_GAP).min(wait)).await;
             tokio::select! {
                 _ = wake.notified() => batching.last_change = Instant::now(),
                 _ = tokio::time::sleep(wait) => {}
@@ -440,7 +450,13 @@ impl Worker {
     /// Reads every active indicator of the tenant once: the partners', and everyone else's (to
     /// report `External` and to count the tenant against its cap).
     async fn read_defender(&self, engine: &Engine, client: &DefenderClient) -> Result<(), DefenderError> {
-        let listed = client.list_indicators(None).await?;
+        // One tenant's full read at a time: after a restart every engine reads at once, and each
+        // read holds the tenant's indicators twice (its pages, then the view) for a moment. A
+        // tenant whose read is slow (throttled, down) holds the others back a few seconds at most.
+        let listed = {
+            let _turn = tokio::time::timeout(FULL_READ_TURN, FULL_READS.acquire()).await;
+            client.list_indicators(None).await?
+        };
         let now = jiff::Timestamp::now();
         let active: Vec<&Indicator> = listed.iter().filter(|i| !expired(i, now)).collect();
         let held: HashMap<IndicatorKey, Held> =

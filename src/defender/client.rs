@@ -144,12 +144,24 @@ pub(super) fn encode_query_value(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
+/// An indicator list page. Its items are read one by one as the page is parsed, never the whole
+/// page as JSON values at once: a page holds up to 10,000 indicators.
 #[derive(Deserialize)]
 struct Page {
     #[serde(default)]
-    value: Option<Vec<serde_json::Value>>,
+    value: Option<Vec<PageItem>>,
     #[serde(default, rename = "@odata.nextLink")]
     next_link: Option<String>,
+}
+
+/// One indicator of a page, or why it could not be read.
+struct PageItem(Result<Indicator, String>);
+
+impl<'de> Deserialize<'de> for PageItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let item = serde_json::Value::deserialize(deserializer)?;
+        Ok(PageItem(serde_json::from_value(item).map_err(|e| e.to_string())))
+    }
 }
 
 #[derive(Deserialize)]
@@ -398,7 +410,8 @@ impl DefenderClient {
             let items = page.value.ok_or_else(|| DefenderError::Protocol("indicator list without `value`".into()))?;
             let count = items.len();
             for (i, item) in items.into_iter().enumerate() {
-                let indicator: Indicator = serde_json::from_value(item)
+                let indicator = item
+                    .0
                     .map_err(|e| DefenderError::Protocol(format!("indicator #{} of a list page: {e}", skip + i)))?;
                 if seen.insert(indicator.id.clone()) {
                     out.push(indicator);
