@@ -151,6 +151,13 @@ async fn main() -> anyhow::Result<()> {
     let peak_rss = peak_rss_mib(&operator)?;
     let held: usize = tenants.iter().map(|t| sandbox.defender.indicators(&t.id).len()).sum();
     let duplicates = held as i64 - findings as i64;
+    // Each phase says what it measured as it ends, so that a later failure loses nothing.
+    eprintln!(
+        "phase converge: {:.1}s, {} write calls ({} most of one tenant), {duplicates} duplicates, peak RSS {peak_rss:.1} MiB",
+        converge.as_secs_f64(),
+        calls.writes(),
+        calls.most_writes_of_a_tenant()
+    );
 
     // Restart: a fresh operator, same cluster and tenants.
     operator.kill_and_wait()?;
@@ -166,6 +173,13 @@ async fn main() -> anyhow::Result<()> {
     let restart_calls = Calls::of(&sandbox);
     let restart_rss = peak_rss_mib(&operator)?;
     let restart_kube_requests = kube_requests(metrics_port).await?;
+    eprintln!(
+        "phase restart: {:.1}s, {} Defender calls ({} most of one tenant), {} writes, peak RSS {restart_rss:.1} MiB",
+        restart_converge.as_secs_f64(),
+        restart_calls.total(),
+        restart_calls.most_of_a_tenant(),
+        restart_calls.writes()
+    );
 
     // One new finding alone, to the first partner, while every other partner takes a burst of
     // new findings: time until its indicator is in Defender.
@@ -203,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = latencies?;
     latencies.sort();
     let p99 = latencies.get((latencies.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
+    eprintln!("phase singles: p99 {} ms of {singles}, {busy} others meanwhile", p99.as_millis());
     wait_all_submitted(&sandbox, findings + singles + busy, Duration::from_secs(300)).await?;
 
     // Correlation: the findings' windows close a few seconds from now; 1,000 of each tenant's
