@@ -104,7 +104,7 @@ fn main() {
         f.managed_fields_mut().clear();
         f.managed_fields_mut().shrink_to_fit();
     }
-    let (writer_reader, (store, mut writer)) = per_finding(n, || {
+    let (cache, (store, writer)) = per_finding(n, || {
         let (store, mut writer) = reflector::store::<ProbeFinding>();
         writer.apply_watcher_event(&watcher::Event::Init);
         for f in &lean {
@@ -113,7 +113,6 @@ fn main() {
         writer.apply_watcher_event(&watcher::Event::InitDone);
         (store, writer)
     });
-    let _ = &mut writer;
     // One reconcile request per finding, as a restart queues them all.
     let (queued, queue) = per_finding(n, || lean.iter().map(ObjectRef::from_obj).collect::<Vec<_>>());
     // The engine's view of Defender: one entry per indicator.
@@ -151,7 +150,7 @@ fn main() {
         ("finding on the wire (JSON bytes)", wire_bytes, "transient"),
         ("watch event, untyped (serde_json::Value)", untyped, "transient, per page of a list"),
         ("typed finding, as read (with managed fields)", typed, "transient"),
-        ("findings cache: typed, managed fields dropped", writer_reader, "kept"),
+        ("findings cache: typed, managed fields dropped", cache, "kept"),
         ("reconcile queue entry (ObjectRef)", queued, "kept while queued (a restart queues all)"),
         ("engine view: indicator -> Defender id, owner", view, "kept, per indicator"),
         ("correlation: fingerprint by uid", shown, "kept, per finding and partner"),
@@ -161,7 +160,7 @@ fn main() {
     for (what, bytes, lifetime) in &rows {
         println!("{what:<48} {bytes:>8.0} B   {lifetime}");
     }
-    let kept = writer_reader + view + shown;
+    let kept = cache + view + shown;
     println!("{:<48} {:>8.0} B", "kept per finding (cache + view + correlation)", kept);
     let figures: serde_json::Map<String, Value> =
         rows.iter().map(|(what, bytes, _)| (what.to_string(), json!(bytes.round()))).collect();
