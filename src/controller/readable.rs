@@ -115,10 +115,19 @@ impl<K: Readable + kube::Resource> Unreadable<K> {
     /// The object, or its stand-in.
     fn object(&self, object: DynamicObject) -> K {
         let key = key(&object.metadata);
+        let DynamicObject { types, metadata, data } = object;
+        // The object as the API server sent it, its data moved rather than copied: every finding
+        // passes here, at a restart all of them at once.
+        let mut whole = data;
+        if let Value::Object(fields) = &mut whole {
+            if let Some(types) = types {
+                fields.insert("apiVersion".into(), Value::String(types.api_version));
+                fields.insert("kind".into(), Value::String(types.kind));
+            }
+            fields.insert("metadata".into(), serde_json::to_value(&metadata).unwrap_or_default());
+        }
         // The error names the field (`spec.code: invalid value …`).
-        let read = serde_json::to_value(&object).map_err(|e| e.to_string()).and_then(|value| {
-            serde_path_to_error::deserialize::<_, K>(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
-        });
+        let read = serde_path_to_error::deserialize::<_, K>(&whole).map_err(|e| format!("{}: {}", e.path(), e.inner()));
         let mut unreadable = self.0.lock().unwrap();
         match read {
             Ok(read) => {
@@ -127,7 +136,7 @@ impl<K: Readable + kube::Resource> Unreadable<K> {
             }
             Err(error) => {
                 unreadable.insert(key, error);
-                K::stand_in(object.metadata, &object.data)
+                K::stand_in(metadata, &whole)
             }
         }
     }
