@@ -37,16 +37,6 @@ const ALERTS: usize = 1_000;
 const BUSY: usize = 1_000;
 /// The partner's alert polling interval.
 const INTERVAL: Duration = Duration::from_secs(30);
-/// The Defender endpoints the correlation reads.
-const CORRELATION_READS: [Endpoint; 7] = [
-    Endpoint::Machines,
-    Endpoint::MachineById,
-    Endpoint::FindMachinesByIp,
-    Endpoint::MachineAlerts,
-    Endpoint::DeviceAvInfo,
-    Endpoint::Alerts,
-    Endpoint::AlertById,
-];
 
 /// One partner of the benchmark: its tenant, app and namespace.
 #[derive(Clone, Debug)]
@@ -371,7 +361,7 @@ impl Calls {
     }
 
     fn is_correlation_read(endpoint: &str) -> bool {
-        CORRELATION_READS.iter().any(|e| format!("{e:?}") == endpoint)
+        Endpoint::MACHINE_AND_ALERT_READS.iter().any(|e| format!("{e:?}") == endpoint)
     }
 
     fn correlation_reads(&self) -> u64 {

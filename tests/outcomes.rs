@@ -63,16 +63,6 @@ fn calls_to(world: &World, endpoints: &[Endpoint]) -> usize {
     world.defender.calls().iter().filter(|c| endpoints.contains(&c.endpoint)).count()
 }
 
-const READS: [Endpoint; 7] = [
-    Endpoint::Machines,
-    Endpoint::MachineById,
-    Endpoint::FindMachinesByIp,
-    Endpoint::MachineAlerts,
-    Endpoint::DeviceAvInfo,
-    Endpoint::Alerts,
-    Endpoint::AlertById,
-];
-
 /// The sandbox with extra apps in its first tenant: `(client id, secret, roles)`.
 async fn world_with_apps(apps: &[(&str, &str, &[&str])]) -> World {
     let mut emulator = EmulatorConfig::sandbox();
@@ -312,13 +302,18 @@ async fn without_the_roles_the_partner_stays_attached_and_outcomes_are_unknown()
         assert!(find(&status.conditions, READY).is_some_and(|c| c.status == "True"), "{name}: Ready is unaffected");
     }
     // Nothing was asked that the roles do not allow.
-    let refused = world.defender.calls().into_iter().filter(|c| READS.contains(&c.endpoint) && c.status == 403).count();
+    let refused = world
+        .defender
+        .calls()
+        .into_iter()
+        .filter(|c| Endpoint::MACHINE_AND_ALERT_READS.contains(&c.endpoint) && c.status == 403)
+        .count();
     assert_eq!(refused, 0);
     let by_ti_only = world
         .defender
         .calls()
         .into_iter()
-        .filter(|c| READS.contains(&c.endpoint) && c.app.as_deref() == Some(TI_ONLY.0))
+        .filter(|c| Endpoint::MACHINE_AND_ALERT_READS.contains(&c.endpoint) && c.app.as_deref() == Some(TI_ONLY.0))
         .count();
     assert_eq!(by_ti_only, 0);
 }
@@ -512,7 +507,7 @@ async fn correlation_can_be_turned_off() {
         .await
         .unwrap();
     assert!(find(&partner.status.unwrap().conditions, READY).is_some_and(|c| c.status == "True"));
-    assert_eq!(calls_to(&world, &READS), 0);
+    assert_eq!(calls_to(&world, &Endpoint::MACHINE_AND_ALERT_READS), 0);
 }
 
 #[tokio::test]

@@ -32,3 +32,16 @@ pub enum Endpoint {
     /// Anything else, including the undocumented `GET /api/indicators/{id}` (served).
     Other,
 }
+
+impl Endpoint {
+    /// The machine, antivirus health and alert reads (what outcome correlation calls).
+    pub const MACHINE_AND_ALERT_READS: [Endpoint; 7] = [
+        Endpoint::Machines,
+        Endpoint::MachineById,
+        Endpoint::FindMachinesByIp,
+        Endpoint::MachineAlerts,
+        Endpoint::DeviceAvInfo,
+        Endpoint::Alerts,
+        Endpoint::AlertById,
+    ];
+}

@@ -288,16 +288,7 @@ impl Machines {
         let t = self.tenants.get_mut(tenant).ok_or_else(|| not_found(id))?;
         let i = t.find(id).ok_or_else(|| not_found(id))?;
         let machine = &mut t.records[i].machine;
-        if !machine["machineTags"].is_array() {
-            machine["machineTags"] = Value::Array(Vec::new());
-        }
-        let tags = machine["machineTags"].as_array_mut().expect("an array");
-        let present = tags.iter().any(|v| v.as_str() == Some(tag.as_str()));
-        if add && !present {
-            tags.push(Value::String(tag));
-        } else if !add {
-            tags.retain(|v| v.as_str() != Some(tag.as_str()));
-        }
+        apply_tag(machine, &tag, add);
         Ok(entity(machine.clone(), base))
     }
 
@@ -345,16 +336,7 @@ impl Machines {
         let mut machines = Vec::new();
         for i in found {
             let machine = &mut t.records[i].machine;
-            if !machine["machineTags"].is_array() {
-                machine["machineTags"] = Value::Array(Vec::new());
-            }
-            let tags = machine["machineTags"].as_array_mut().expect("an array");
-            let present = tags.iter().any(|v| v.as_str() == Some(tag.as_str()));
-            if add && !present {
-                tags.push(Value::String(tag.clone()));
-            } else if !add {
-                tags.retain(|v| v.as_str() != Some(tag.as_str()));
-            }
+            apply_tag(machine, &tag, add);
             machines.push(machine.clone());
         }
         Ok(serde_json::json!({"@odata.context": format!("{base}/$metadata#Machines"), "value": machines}))
@@ -449,6 +431,20 @@ fn parse_tag_body(body: &Value) -> Result<(String, bool), ApiError> {
         }
     };
     Ok((tag, add))
+}
+
+/// Adds `tag` to a machine's `machineTags` once, or removes it.
+fn apply_tag(machine: &mut Value, tag: &str, add: bool) {
+    if !machine["machineTags"].is_array() {
+        machine["machineTags"] = Value::Array(Vec::new());
+    }
+    let tags = machine["machineTags"].as_array_mut().expect("an array");
+    let present = tags.iter().any(|v| v.as_str() == Some(tag));
+    if add && !present {
+        tags.push(Value::String(tag.to_owned()));
+    } else if !add {
+        tags.retain(|v| v.as_str() != Some(tag));
+    }
 }
 
 #[cfg(test)]
