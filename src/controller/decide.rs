@@ -249,12 +249,33 @@ pub struct Remote {
 
 /// The sync plan for one round: push what is missing (within the tenant's cap), withdraw what
 /// no live finding refers to (only with `deletionPolicy: Delete`, only our own).
-#[derive(Debug, Default, PartialEq)]
-pub struct Plan {
-    pub push: Vec<NewIndicator>,
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    /// Oldest finding first, so that what a round holds back is what came last.
+    pub push: Vec<Planned<'a>>,
     pub withdraw: Vec<String>,
     /// Values not pushed because the tenant would pass its cap.
     pub over_quota: Vec<IndicatorKey>,
+}
+
+/// A value to push, for the partner that pushes it. Its body is built only when it leaves
+/// ([`Planned::indicator`]): a round may hold most of its plan back.
+#[derive(Clone, Copy, Debug)]
+pub struct Planned<'a> {
+    pub key: &'a IndicatorKey,
+    pub want: Want<'a>,
+    pub settings: &'a PartnerSettings,
+}
+
+impl Planned<'_> {
+    pub fn indicator(&self) -> NewIndicator {
+        new_indicator(self.key, self.want.finding, self.settings, self.want.expires)
+    }
+
+    /// When its finding was created (findings of one second by value).
+    fn age_order(&self) -> (Option<Timestamp>, &IndicatorKey) {
+        (self.want.finding.metadata.creation_timestamp.as_ref().map(|t| t.0), self.key)
+    }
 }
 
 /// A value Defender holds, as the engine of its tenant and app keeps it: whose it is.
@@ -273,13 +294,13 @@ pub struct Member<'a> {
 }
 
 /// The plan of one partner alone (see [`plan_members`]); `remote`'s values held by `Us` are its.
-pub fn plan(
-    desired: &Desired,
-    settings: &PartnerSettings,
+pub fn plan<'a>(
+    desired: &'a Desired<'a>,
+    settings: &'a PartnerSettings,
     remote: &HashMap<IndicatorKey, Remote>,
     tenant_total: usize,
     cap: usize,
-) -> Plan {
+) -> Plan<'a> {
     let held: HashMap<IndicatorKey, Held> = remote
         .iter()
         .map(|(key, remote)| {
@@ -294,7 +315,12 @@ pub fn plan(
 /// holds yet — once, with the first partner (by marker) that wants it — within the tenant's cap;
 /// withdraw, for each partner with `deletionPolicy: Delete`, what it created and none of its live
 /// findings refers to, unless another partner of the engine still wants it.
-pub fn plan_members(members: &[Member], held: &HashMap<IndicatorKey, Held>, tenant_total: usize, cap: usize) -> Plan {
+pub fn plan_members<'a>(
+    members: &[Member<'a>],
+    held: &HashMap<IndicatorKey, Held>,
+    tenant_total: usize,
+    cap: usize,
+) -> Plan<'a> {
     let mut plan = Plan::default();
     let mut room = cap.saturating_sub(tenant_total);
     let mut members: Vec<&Member> = members.iter().collect();
@@ -310,9 +336,10 @@ pub fn plan_members(members: &[Member], held: &HashMap<IndicatorKey, Held>, tena
                 continue;
             }
             room -= 1;
-            plan.push.push(new_indicator(key, want.finding, member.settings, want.expires));
+            plan.push.push(Planned { key, want: *want, settings: member.settings });
         }
     }
+    plan.push.sort_by(|a, b| a.age_order().cmp(&b.age_order()));
     for member in members.iter().filter(|m| m.settings.delete_withdrawn) {
         let wanted_elsewhere = |key: &IndicatorKey| members.iter().any(|m| m.desired.push.contains_key(key));
         plan.withdraw.extend(

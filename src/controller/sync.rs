@@ -12,6 +12,7 @@
 //! partner's outcome correlation (`controller::outcomes`), with that partner's client.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::decide::batching::{self, Batching, Patience};
 use super::decide::{
-    self, Desired, Held, Holder, Member, NamespaceLabels, PartnerSettings, Remote, SyncReport, ValueStatus,
+    self, Desired, Held, Holder, Member, NamespaceLabels, PartnerSettings, Remote, Selection, SyncReport, ValueStatus,
 };
 use super::outcomes::Correlation;
 use crate::api::finding::IndicatorKey;
@@ -132,8 +133,30 @@ impl Drop for Partner {
 pub struct Engine {
     partners: Mutex<BTreeMap<String, Partner>>,
     view: Arc<Mutex<View>>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What wakes an engine. Changed findings are counted: while they pour in, a round runs once
+/// they may fill the batch being held back (or once it is due), not on every change — a round
+/// plans over every finding of the engine's partners. A partner's change runs a round at once.
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    changes: AtomicUsize,
+    urgent: AtomicBool,
+}
+
+impl Wake {
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    fn now(&self) {
+        self.urgent.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
 }
 
 impl Drop for Engine {
@@ -183,13 +206,6 @@ impl PartnerEngine {
         }
     }
 
-    pub fn wake(&self) {
-        self.engine.wake.notify_one();
-        if let Some(correlation) = self.correlation() {
-            correlation.wake();
-        }
-    }
-
     /// The partner's indicators were withdrawn (its deletion): the engine forgets them, so that
     /// a value another of its partners wants is pushed again for that one.
     pub fn withdrawn(&self) {
@@ -198,7 +214,7 @@ impl PartnerEngine {
         view.held.retain(|_, held| held.owner.as_deref() != Some(self.marker.as_str()));
         view.tenant_total = view.tenant_total.saturating_sub(before - view.held.len());
         drop(view);
-        self.engine.wake.notify_one();
+        self.engine.wake.now();
     }
 }
 
@@ -267,7 +283,7 @@ impl Engines {
                 changed
             });
             drop(partners);
-            engine.wake.notify_one();
+            engine.wake.now();
             return false;
         }
         let added = !partners.contains_key(&marker);
@@ -280,7 +296,7 @@ impl Engines {
             super::outcomes::spawn(client.clone(), partner_rx, caches, triggers, indicators_read);
         partners.insert(marker, Partner { identity, client, partner: partner_tx, correlation, correlator });
         drop(partners);
-        engine.wake.notify_one();
+        engine.wake.now();
         added
     }
 
@@ -312,7 +328,7 @@ impl Engines {
                 }
             }
             if woken {
-                engine.wake.notify_one();
+                engine.wake.changed();
             }
         }
     }
@@ -338,7 +354,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             partners: Mutex::default(),
             view: Arc::new(Mutex::new(View::default())),
-            wake: Arc::new(Notify::new()),
+            wake: Arc::default(),
             task: Mutex::new(None),
         });
         let worker = Worker { engine: Arc::downgrade(&engine), caches, triggers, config };
@@ -355,6 +371,12 @@ const FULL_READ_TURN: Duration = Duration::from_secs(5);
 /// The least pause between two rounds of an engine: well under the pause that sends a partial
 /// batch, far more than enough for a full batch to leave as soon as it fills.
 const ROUND_GAP: Duration = Duration::from_millis(100);
+
+/// When the round after this one is due, and how many values this one held back.
+struct NextRound {
+    due: Option<Instant>,
+    held_back: usize,
+}
 
 /// A partner as one round sees it.
 struct Snapshot {
@@ -376,7 +398,7 @@ impl Worker {
         super::synced(&self.caches.findings).await;
         let mut last_read: Option<Instant> = None;
         let mut failures: u32 = 0;
-        let mut batching = Batching { last_change: Instant::now(), pending_since: None };
+        let mut batching = Batching::new(Instant::now());
         let mut planning = Duration::ZERO;
         loop {
             let Some(engine) = self.engine.upgrade() else { return };
@@ -385,7 +407,7 @@ impl Worker {
                 // Started for a partner not yet added (or between partners): wait for one.
                 let wake = engine.wake.clone();
                 drop(engine);
-                let _ = tokio::time::timeout(self.config.tick, wake.notified()).await;
+                let _ = tokio::time::timeout(self.config.tick, wake.notify.notified()).await;
                 continue;
             };
             let read_due = last_read.is_none_or(|at| at.elapsed() >= self.config.resync);
@@ -418,18 +440,39 @@ impl Worker {
                     continue;
                 }
             };
-            let wait = next_round.unwrap_or(self.config.tick);
             let wake = engine.wake.clone();
             drop(engine);
-            // A round plans over every finding of its partners, and while findings pour in every
-            // round ends woken: pause between rounds (at least as long as the last plan took, so
-            // that an engine takes at most half a core). A quiet engine answers a wake at once.
-            tokio::time::sleep(planning.max(ROUND_GAP).min(wait)).await;
-            tokio::select! {
-                _ = wake.notified() => batching.last_change = Instant::now(),
-                _ = tokio::time::sleep(wait) => {}
-            }
+            // A pause between rounds at least as long as the last plan took: an engine takes at
+            // most half a core.
+            let deadline = next_round.due.unwrap_or_else(|| Instant::now() + self.config.tick);
+            tokio::time::sleep_until(deadline.min(Instant::now() + planning.max(ROUND_GAP))).await;
+            self.wait_for_round(&wake, next_round, deadline, &mut batching).await;
         }
+    }
+
+    /// Waits until the next round is worth its plan: a partner changed, enough findings changed
+    /// to fill the batch held back, what waits is due (findings quiet for `coalesce`, or
+    /// something waiting `max_delay`), or the tick.
+    async fn wait_for_round(&self, wake: &Wake, next: NextRound, mut deadline: Instant, batching: &mut Batching) {
+        let patience = self.patience();
+        let mut first_change = None;
+        loop {
+            tokio::select! {
+                _ = wake.notify.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+            let now = Instant::now();
+            batching.last_change = now;
+            let fills_batch = wake.changes.load(Ordering::Relaxed) >= MAX_BATCH.saturating_sub(next.held_back);
+            if wake.urgent.swap(false, Ordering::Relaxed) || fills_batch {
+                return;
+            }
+            deadline = batching::due(batching, *first_change.get_or_insert(now), patience);
+        }
+    }
+
+    fn patience(&self) -> Patience {
+        Patience { coalesce: self.config.coalesce, max_delay: self.config.max_delay }
     }
 
     /// The engine's partners as this round sees them.
@@ -486,8 +529,10 @@ impl Worker {
         client: &DefenderClient,
         batching: &mut Batching,
         planning: &mut Duration,
-    ) -> Result<Option<Duration>, DefenderError> {
+    ) -> Result<NextRound, DefenderError> {
         let planned = Instant::now();
+        // Changes from now on are the next round's (counted twice at worst, never missed).
+        engine.wake.changes.store(0, Ordering::Relaxed);
         let partners = Self::snapshot(engine);
         let findings = self.caches.findings.state();
         let namespaces = self.caches.namespace_labels();
@@ -503,18 +548,20 @@ impl Worker {
             decide::plan_members(&members, &view.held, view.tenant_total, self.config.tenant_cap)
         };
         *planning = planned.elapsed();
-        let patience = Patience { coalesce: self.config.coalesce, max_delay: self.config.max_delay };
-        let release = batching::release(batching, plan.push.len(), plan.withdraw.len(), Instant::now(), patience);
+        let now = Instant::now();
+        let release = batching::release(batching, plan.push.len(), plan.withdraw.len(), now, self.patience());
+        let held_back = plan.push.len() - release.push;
         plan.push.truncate(release.push);
+        let push: Vec<crate::defender::NewIndicator> = plan.push.iter().map(|p| p.indicator()).collect();
         if !release.withdraw {
             plan.withdraw.clear();
         }
-        if !plan.push.is_empty() || !plan.withdraw.is_empty() {
-            debug!(push = plan.push.len(), withdraw = plan.withdraw.len(), due = ?release.due, "sending");
+        if !push.is_empty() || !plan.withdraw.is_empty() {
+            debug!(push = push.len(), held_back, withdraw = plan.withdraw.len(), due = ?release.due, "sending");
         }
 
         let mut changed: BTreeSet<IndicatorKey> = BTreeSet::new();
-        let outcome = self.push(engine, client, &plan.push, &mut changed).await;
+        let outcome = self.push(engine, client, &push, &mut changed).await;
         let outcome = match outcome {
             Ok(()) => self.withdraw(engine, client, &plan.withdraw, &mut changed).await,
             Err(error) => Err(error),
@@ -524,11 +571,13 @@ impl Worker {
             self.update_report(engine, snapshot, member, over_quota, outcome.as_ref().err());
         }
         if !changed.is_empty() {
-            self.trigger_findings_with(&changed, &findings);
+            let selections: Vec<Selection> = partners.iter().map(|p| Selection::of(&p.partner, &namespaces)).collect();
+            let selected = findings.iter().filter(|f| selections.iter().any(|s| s.selects(f)));
+            self.trigger_findings_with(&changed, selected);
         }
         outcome?;
-        batching::sent(batching, &release);
-        Ok(release.due.map(|due| due.saturating_duration_since(Instant::now())))
+        batching::sent(batching, &release, now);
+        Ok(NextRound { due: release.due, held_back })
     }
 
     async fn push(
@@ -646,7 +695,11 @@ impl Worker {
         }
     }
 
-    fn trigger_findings_with(&self, keys: &BTreeSet<IndicatorKey>, findings: &[Arc<ProbeFinding>]) {
+    fn trigger_findings_with<'a>(
+        &self,
+        keys: &BTreeSet<IndicatorKey>,
+        findings: impl Iterator<Item = &'a Arc<ProbeFinding>>,
+    ) {
         for finding in findings {
             if finding.indicator_keys().is_ok_and(|own| own.iter().any(|k| keys.contains(k))) {
                 let _ = self.triggers.findings.send(ObjectRef::from_obj(&**finding));

@@ -5,6 +5,8 @@
 //! `all`/`exists`/`exists_one`/`map`/`filter` macros, and `duration()` with comparisons.
 
 use serde_json::{Map, Number, Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -334,6 +336,27 @@ impl Parser {
 #[derive(Debug, Clone)]
 pub struct Program(Expr);
 
+/// `src` compiled, once: a CRD's rules run on every write of its objects.
+pub fn compiled(src: &str) -> Result<Arc<Program>, String> {
+    static PROGRAMS: LazyLock<Mutex<HashMap<String, Result<Arc<Program>, String>>>> = LazyLock::new(Default::default);
+    let mut programs = PROGRAMS.lock().unwrap();
+    if programs.len() > 10_000 {
+        programs.clear();
+    }
+    programs.entry(src.to_string()).or_insert_with(|| compile(src).map(Arc::new)).clone()
+}
+
+/// `pattern` compiled, once (CRD `pattern`s and CEL `matches` run on every write).
+pub fn regex(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    static REGEXES: LazyLock<Mutex<HashMap<String, Result<Arc<regex::Regex>, regex::Error>>>> =
+        LazyLock::new(Default::default);
+    let mut regexes = REGEXES.lock().unwrap();
+    if regexes.len() > 10_000 {
+        regexes.clear();
+    }
+    regexes.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).map(Arc::new)).clone()
+}
+
 pub fn compile(src: &str) -> Result<Program, String> {
     let toks = lex(src)?;
     let mut p = Parser { toks, pos: 0 };
@@ -580,7 +603,7 @@ fn call(target: Option<&Expr>, name: &str, args: &[Expr], vars: &mut Vars) -> Re
     match name {
         "size" => size(vals.first().ok_or("size() needs an argument")?),
         "matches" => {
-            let re = regex::Regex::new(s(1)?).map_err(|e| format!("invalid regex: {e}"))?;
+            let re = regex(s(1)?).map_err(|e| format!("invalid regex: {e}"))?;
             Ok(Value::Bool(re.is_match(s(0)?)))
         }
         "startsWith" => Ok(Value::Bool(s(0)?.starts_with(s(1)?))),

@@ -135,7 +135,7 @@ impl RawBody {
                 ApiError::unsupported_media_type(content_type, &["application/json", "application/yaml"])
             })
         } else if content_type.contains("yaml") {
-            serde_yaml_ng::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+            super::ops::from_yaml(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         } else {
             serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))

@@ -227,7 +227,7 @@ fn validate_string(v: &Value, s: &str, schema: &Value, path: &str, causes: &mut 
         });
     }
     if let Some(p) = schema.get("pattern").and_then(|x| x.as_str()) {
-        match regex::Regex::new(p) {
+        match cel::regex(p) {
             Ok(re) if !re.is_match(s) => {
                 causes.push(invalid(path, v, format!("{path} in body should match '{p}'")));
             }
@@ -377,7 +377,7 @@ fn check_cel_rules(v: &Value, schema: &Value, path: &str, old: Option<&Value>, c
         };
         let msg = rule["messageExpression"]
             .as_str()
-            .and_then(|e| cel::compile(e).and_then(|p| p.eval(v, old)).ok())
+            .and_then(|e| cel::compiled(e).and_then(|p| p.eval(v, old)).ok())
             .and_then(|m| m.as_str().map(String::from))
             .or_else(|| rule["message"].as_str().map(String::from))
             .unwrap_or_else(|| format!("failed rule: {src}"));
@@ -387,7 +387,7 @@ fn check_cel_rules(v: &Value, schema: &Value, path: &str, old: Option<&Value>, c
             Some("FieldValueForbidden") => "FieldValueForbidden",
             _ => "FieldValueInvalid",
         };
-        let result = cel::compile(src).and_then(|p| p.eval(v, old));
+        let result = cel::compiled(src).and_then(|p| p.eval(v, old));
         match result {
             Ok(Value::Bool(true)) => {}
             // As kube-apiserver words each reason (field.Required, field.Forbidden, …).

@@ -10,11 +10,19 @@ use crate::defender::MAX_BATCH;
 /// Up to this many values, single submits may stand in for an import call.
 pub const SUBMIT_AT_MOST: usize = 5;
 
-/// When the engine last saw a finding change, and since when something waits to be sent.
+/// When the engine last saw a finding change, since when something waits to be sent, and when
+/// the last round that sent everything it let go planned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batching {
     pub last_change: Instant,
     pub pending_since: Option<Instant>,
+    pub last_round: Option<Instant>,
+}
+
+impl Batching {
+    pub fn new(now: Instant) -> Self {
+        Self { last_change: now, pending_since: None, last_round: None }
+    }
 }
 
 /// How long partial batches may wait (`EngineConfig`'s `coalesce` and `max_delay`).
@@ -55,11 +63,24 @@ pub fn release(batching: &mut Batching, push: usize, withdraw: usize, now: Insta
     Release { push: push - held_back, withdraw: send_all, due: deferred.then(|| quiet_at.min(overdue_at)) }
 }
 
-/// After a round whose sends all succeeded: nothing waits any more unless something was held back.
-pub fn sent(batching: &mut Batching, release: &Release) {
+/// After a round (planned at `planned_at`) whose sends all succeeded: nothing waits any more
+/// unless something was held back. When full batches left, what is held back (the newest values:
+/// a plan lists the oldest first) came after the previous round, and waits since then.
+pub fn sent(batching: &mut Batching, release: &Release, planned_at: Instant) {
     if release.due.is_none() {
         batching.pending_since = None;
+    } else if release.push > 0 {
+        batching.pending_since = batching.pending_since.max(batching.last_round);
     }
+    batching.last_round = Some(planned_at);
+}
+
+/// When the next round is due once a finding changed: when findings have been quiet for
+/// `coalesce`, or when what waits — or else the first change since the last round
+/// (`first_change`) — has waited `max_delay`.
+pub fn due(batching: &Batching, first_change: Instant, patience: Patience) -> Instant {
+    let quiet_at = batching.last_change + patience.coalesce;
+    quiet_at.min(batching.pending_since.unwrap_or(first_change) + patience.max_delay)
 }
 
 /// A few values while the import budget (30 calls a minute) is spent go one submit each, from the
@@ -81,7 +102,7 @@ mod tests {
     #[test]
     fn nothing_to_send_waits_for_nothing() {
         let start = Instant::now();
-        let mut batching = Batching { last_change: start, pending_since: Some(start) };
+        let mut batching = Batching { pending_since: Some(start), ..Batching::new(start) };
         assert_eq!(release(&mut batching, 0, 0, start, PATIENCE), Release { push: 0, withdraw: false, due: None });
         assert_eq!(batching.pending_since, None);
     }
@@ -89,24 +110,24 @@ mod tests {
     #[test]
     fn full_batches_leave_at_once_and_the_rest_waits_for_a_quiet_moment() {
         let start = Instant::now();
-        let mut batching = Batching { last_change: start, pending_since: None };
+        let mut batching = Batching::new(start);
         let busy = release(&mut batching, 2 * MAX_BATCH + 7, 3, at(start, 100), PATIENCE);
         assert_eq!(busy, Release { push: 2 * MAX_BATCH, withdraw: false, due: Some(at(start, 300)) });
         assert_eq!(batching.pending_since, Some(at(start, 100)));
         // Quiet since the last change: the partial batch and the withdrawals leave.
         let quiet = release(&mut batching, 7, 3, at(start, 300), PATIENCE);
         assert_eq!(quiet, Release { push: 7, withdraw: true, due: None });
-        sent(&mut batching, &quiet);
+        sent(&mut batching, &quiet, at(start, 300));
         assert_eq!(batching.pending_since, None);
     }
 
     #[test]
     fn a_partial_batch_never_waits_past_the_maximum_delay() {
         let start = Instant::now();
-        let mut batching = Batching { last_change: start, pending_since: None };
+        let mut batching = Batching::new(start);
         let first = release(&mut batching, 3, 0, start, PATIENCE);
         assert_eq!((first.push, first.due), (0, Some(at(start, 300))));
-        sent(&mut batching, &first);
+        sent(&mut batching, &first, start);
         // Findings keep changing: the quiet moment moves, the deadline does not.
         batching.last_change = at(start, 9_900);
         assert_eq!(release(&mut batching, 3, 0, at(start, 9_950), PATIENCE).due, Some(at(start, 10_000)));
@@ -114,9 +135,41 @@ mod tests {
     }
 
     #[test]
+    fn after_full_batches_leave_the_rest_waits_since_the_previous_round() {
+        let start = Instant::now();
+        let mut batching = Batching::new(start);
+        let first = release(&mut batching, 300, 0, start, PATIENCE);
+        sent(&mut batching, &first, start);
+        assert_eq!(batching.pending_since, Some(start));
+        // Eight seconds on, findings still pouring in, the batch filled: it leaves; the 100 newest
+        // came after the first round.
+        batching.last_change = at(start, 7_950);
+        let filled = release(&mut batching, MAX_BATCH + 100, 0, at(start, 8_000), PATIENCE);
+        assert_eq!(filled.push, MAX_BATCH);
+        sent(&mut batching, &filled, at(start, 8_000));
+        assert_eq!(batching.pending_since, Some(start), "the oldest of the rest may date from the first round");
+        batching.last_change = at(start, 8_950);
+        let filled_again = release(&mut batching, MAX_BATCH + 50, 0, at(start, 9_000), PATIENCE);
+        assert_eq!(filled_again.push, MAX_BATCH, "the batch is full before the rest is overdue");
+        sent(&mut batching, &filled_again, at(start, 9_000));
+        assert_eq!(batching.pending_since, Some(at(start, 8_000)), "no longer waiting since the first round");
+    }
+
+    #[test]
+    fn a_change_makes_the_next_round_due_when_findings_are_quiet_or_something_waited_too_long() {
+        let start = Instant::now();
+        let mut batching = Batching::new(at(start, 1_000));
+        assert_eq!(due(&batching, start, PATIENCE), at(start, 1_300), "quiet for coalesce");
+        batching.last_change = at(start, 9_900);
+        assert_eq!(due(&batching, start, PATIENCE), at(start, 10_000), "the first change waited max_delay");
+        batching.pending_since = Some(at(start, 500));
+        assert_eq!(due(&batching, start, PATIENCE), at(start, 10_200), "a value held back since 500 ms");
+    }
+
+    #[test]
     fn withdrawals_alone_wait_for_a_quiet_moment_too() {
         let start = Instant::now();
-        let mut batching = Batching { last_change: start, pending_since: None };
+        let mut batching = Batching::new(start);
         assert_eq!(
             release(&mut batching, 0, 2, at(start, 10), PATIENCE),
             Release { push: 0, withdraw: false, due: Some(at(start, 300)) }

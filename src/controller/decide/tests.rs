@@ -173,7 +173,7 @@ fn plan_skips_what_defender_holds_and_withdraws_only_our_unreferenced() {
         (key(&hash('d')), Remote { id: "4".into(), holder: Holder::Foreign }),
     ]);
     let plan = plan(&desired, &settings, &remote, 3, 15_000);
-    assert_eq!(plan.push.iter().map(|i| i.indicator_value.clone()).collect::<Vec<_>>(), vec![hash('b')]);
+    assert_eq!(plan.push.iter().map(|p| p.indicator().indicator_value).collect::<Vec<_>>(), vec![hash('b')]);
     assert_eq!(plan.withdraw, vec!["3".to_string()]);
 
     let retaining = PartnerSettings { delete_withdrawn: false, ..settings.clone() };
@@ -781,7 +781,7 @@ fn partners_of_one_tenant_write_a_shared_value_once_and_withdraw_only_their_own(
         [Member { settings: &settings_a, desired: &want_a }, Member { settings: &settings_b, desired: &want_b }];
     let plan = plan_members(&members, &HashMap::new(), 0, 15_000);
     let pushed: Vec<(String, String)> =
-        plan.push.iter().map(|i| (i.indicator_value.clone(), i.external_id.clone())).collect();
+        plan.push.iter().map(|p| (p.indicator().indicator_value, p.indicator().external_id)).collect();
     assert_eq!(pushed, [(hash('a'), settings_a.marker.clone()), (hash('b'), settings_b.marker.clone())], "a once");
 
     // Held: a's `a`, b's stale `c`, a's stale `d` that b still wants, someone else's `e`.
@@ -802,4 +802,20 @@ fn partners_of_one_tenant_write_a_shared_value_once_and_withdraw_only_their_own(
     // The report counts a value held by a sibling partner as held for b.
     let report = member_report(&members[1], &remote, &HashMap::new(), 0, (true, 4, 15_000), None);
     assert_eq!((report.submitted, report.pending, report.external), (2, 1, 0), "{report:?}");
+}
+
+#[test]
+fn a_plan_pushes_the_oldest_findings_first() {
+    let partner = partner("p");
+    let settings = settings(&partner);
+    let created = |name: &str, value: char, second: i64| {
+        let mut finding = finding(name, TestState::Unprotected, &[&hash(value)]);
+        finding.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000 + second).unwrap()));
+        finding
+    };
+    let findings = [created("new", 'a', 9), created("old", 'c', 1), created("same-second", 'b', 9)];
+    let desired = desired(&partner, &settings, &findings, &NamespaceLabels::new(), now());
+    let plan = plan(&desired, &settings, &HashMap::new(), 0, 15_000);
+    let pushed: Vec<String> = plan.push.iter().map(|p| p.indicator().indicator_value).collect();
+    assert_eq!(pushed, [hash('c'), hash('a'), hash('b')], "by creation, then by value");
 }
