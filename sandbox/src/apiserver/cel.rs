@@ -336,25 +336,32 @@ impl Parser {
 #[derive(Debug, Clone)]
 pub struct Program(Expr);
 
-/// `src` compiled, once: a CRD's rules run on every write of its objects.
-pub fn compiled(src: &str) -> Result<Arc<Program>, String> {
-    static PROGRAMS: LazyLock<Mutex<HashMap<String, Result<Arc<Program>, String>>>> = LazyLock::new(Default::default);
-    let mut programs = PROGRAMS.lock().unwrap();
-    if programs.len() > 10_000 {
-        programs.clear();
+/// Compiled rules and patterns by source: a CRD's rules and `pattern`s (and CEL `matches`) run
+/// on every write of its objects.
+type Compiled<T, E> = LazyLock<Mutex<HashMap<String, Result<Arc<T>, E>>>>;
+
+fn compiled_once<T, E: Clone>(
+    cache: &Compiled<T, E>,
+    src: &str,
+    compile: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Arc<T>, E> {
+    let mut cache = cache.lock().unwrap();
+    if cache.len() > 10_000 {
+        cache.clear();
     }
-    programs.entry(src.to_string()).or_insert_with(|| compile(src).map(Arc::new)).clone()
+    cache.entry(src.to_string()).or_insert_with(|| compile(src).map(Arc::new)).clone()
 }
 
-/// `pattern` compiled, once (CRD `pattern`s and CEL `matches` run on every write).
+/// `src` compiled, once.
+pub fn compiled(src: &str) -> Result<Arc<Program>, String> {
+    static PROGRAMS: Compiled<Program, String> = LazyLock::new(Default::default);
+    compiled_once(&PROGRAMS, src, compile)
+}
+
+/// `pattern` compiled, once.
 pub fn regex(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
-    static REGEXES: LazyLock<Mutex<HashMap<String, Result<Arc<regex::Regex>, regex::Error>>>> =
-        LazyLock::new(Default::default);
-    let mut regexes = REGEXES.lock().unwrap();
-    if regexes.len() > 10_000 {
-        regexes.clear();
-    }
-    regexes.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).map(Arc::new)).clone()
+    static REGEXES: Compiled<regex::Regex, regex::Error> = LazyLock::new(Default::default);
+    compiled_once(&REGEXES, pattern, regex::Regex::new)
 }
 
 pub fn compile(src: &str) -> Result<Program, String> {
