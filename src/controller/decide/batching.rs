@@ -10,18 +10,31 @@ use crate::defender::MAX_BATCH;
 /// Up to this many values, single submits may stand in for an import call.
 pub const SUBMIT_AT_MOST: usize = 5;
 
+/// In a burst (a full batch left lately) a partial batch waits for findings to be quiet this
+/// many times longer than `coalesce`: a moment's stall of a busy watch is not the burst's end, and
+/// each partial batch sent mid-burst is one more write against the tenant's limits.
+const BURST_QUIET: u32 = 8;
+
 /// When the engine last saw a finding change, since when something waits to be sent, and when
-/// the last round that sent everything it let go planned.
+/// the last round that sent everything it let go planned, and when a full batch last left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batching {
     pub last_change: Instant,
     pub pending_since: Option<Instant>,
     pub last_round: Option<Instant>,
+    pub last_full_batch: Option<Instant>,
 }
 
 impl Batching {
     pub fn new(now: Instant) -> Self {
-        Self { last_change: now, pending_since: None, last_round: None }
+        Self { last_change: now, pending_since: None, last_round: None, last_full_batch: None }
+    }
+
+    /// When findings count as quiet: `coalesce` after the last change, longer in a burst.
+    fn quiet_at(&self, patience: Patience) -> Instant {
+        let in_burst = self.last_full_batch.is_some_and(|at| self.last_change < at + patience.max_delay);
+        let quiet = if in_burst { (patience.coalesce * BURST_QUIET).min(patience.max_delay) } else { patience.coalesce };
+        self.last_change + quiet
     }
 }
 
@@ -47,15 +60,15 @@ pub struct Release {
 }
 
 /// Full batches leave at once; a partial batch and the withdrawals wait until findings have been
-/// quiet for `coalesce`, or until something has waited `max_delay`: a burst of findings fills
-/// batches, a lone finding waits about `coalesce`. Marks in `batching` since when something
-/// waits.
+/// quiet for `coalesce` (longer in a burst), or until something has waited `max_delay`: a burst
+/// of findings fills batches, a lone finding waits about `coalesce`. Marks in `batching` since
+/// when something waits.
 pub fn release(batching: &mut Batching, push: usize, withdraw: usize, now: Instant, patience: Patience) -> Release {
     if push == 0 && withdraw == 0 {
         batching.pending_since = None;
         return Release { push: 0, withdraw: false, due: None };
     }
-    let quiet_at = batching.last_change + patience.coalesce;
+    let quiet_at = batching.quiet_at(patience);
     let overdue_at = *batching.pending_since.get_or_insert(now) + patience.max_delay;
     let send_all = now >= quiet_at || now >= overdue_at;
     let held_back = if send_all { 0 } else { push % MAX_BATCH };
@@ -67,6 +80,9 @@ pub fn release(batching: &mut Batching, push: usize, withdraw: usize, now: Insta
 /// unless something was held back. When full batches left, what is held back (the newest values:
 /// a plan lists the oldest first) came after the previous round, and waits since then.
 pub fn sent(batching: &mut Batching, release: &Release, planned_at: Instant) {
+    if release.push >= MAX_BATCH {
+        batching.last_full_batch = Some(planned_at);
+    }
     if release.due.is_none() {
         batching.pending_since = None;
     } else if release.push > 0 {
@@ -75,12 +91,11 @@ pub fn sent(batching: &mut Batching, release: &Release, planned_at: Instant) {
     batching.last_round = Some(planned_at);
 }
 
-/// When the next round is due once a finding changed: when findings have been quiet for
-/// `coalesce`, or when what waits — or else the first change since the last round
+/// When the next round is due once a finding changed: when findings are quiet (see
+/// [`release`]), or when what waits — or else the first change since the last round
 /// (`first_change`) — has waited `max_delay`.
 pub fn due(batching: &Batching, first_change: Instant, patience: Patience) -> Instant {
-    let quiet_at = batching.last_change + patience.coalesce;
-    quiet_at.min(batching.pending_since.unwrap_or(first_change) + patience.max_delay)
+    batching.quiet_at(patience).min(batching.pending_since.unwrap_or(first_change) + patience.max_delay)
 }
 
 /// A few values while the import budget (30 calls a minute) is spent go one submit each, from the
@@ -164,6 +179,27 @@ mod tests {
         assert_eq!(due(&batching, start, PATIENCE), at(start, 10_000), "the first change waited max_delay");
         batching.pending_since = Some(at(start, 500));
         assert_eq!(due(&batching, start, PATIENCE), at(start, 10_200), "a value held back since 500 ms");
+    }
+
+    #[test]
+    fn in_a_burst_a_moments_stall_does_not_send_a_partial_batch() {
+        let start = Instant::now();
+        let mut batching = Batching::new(start);
+        let full = release(&mut batching, MAX_BATCH + 40, 0, start, PATIENCE);
+        assert_eq!(full.push, MAX_BATCH);
+        sent(&mut batching, &full, start);
+        // Findings stop for 500 ms: more than `coalesce`, yet the burst goes on.
+        batching.last_change = at(start, 1_000);
+        let stalled = release(&mut batching, 300, 0, at(start, 1_500), PATIENCE);
+        assert_eq!((stalled.push, stalled.due), (0, Some(at(start, 3_400))));
+        assert_eq!(due(&batching, at(start, 1_000), PATIENCE), at(start, 3_400));
+        // Quiet for eight times `coalesce`: the burst is over, the rest leaves.
+        let rest = release(&mut batching, 300, 0, at(start, 3_400), PATIENCE);
+        assert_eq!(rest.push, 300);
+        sent(&mut batching, &rest, at(start, 3_400));
+        // Long after the burst, a lone finding waits `coalesce` again.
+        batching.last_change = at(start, 20_000);
+        assert_eq!(due(&batching, at(start, 20_000), PATIENCE), at(start, 20_300));
     }
 
     #[test]
