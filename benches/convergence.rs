@@ -154,8 +154,8 @@ async fn main() -> anyhow::Result<()> {
     sandbox.defender.clear_calls();
     let restarted = Instant::now();
     let mut operator = spawn_operator(&sandbox, &kubeconfig, metrics_port, &dir.join("operator-2.log"))?;
-    wait_steady_after_restart(&sandbox, &tenants, metrics_port, findings / partners).await?;
-    let restart_converge = restarted.elapsed();
+    let steady_at = wait_steady_after_restart(&sandbox, &tenants, metrics_port, findings / partners).await?;
+    let restart_converge = steady_at - restarted;
     // The restarted engines' correlation reads machines, antivirus health and alerts once again.
     if correlation {
         wait_correlation_reads(&sandbox, &tenants).await?;
@@ -573,7 +573,7 @@ async fn wait_steady_after_restart(
     tenants: &[Tenant],
     metrics_port: u16,
     per_tenant: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let calls = sandbox.defender.calls();
@@ -589,6 +589,9 @@ async fn wait_steady_after_restart(
             .await
             .is_ok_and(|r| r.status().is_success());
         if ready && tenants.iter().all(read) {
+            // Steady from the moment every partner reports its values held; the findings are
+            // then checked (one list of them all, which takes a while and is not the operator's).
+            let steady_at = Instant::now();
             let mut synced = true;
             for tenant in tenants {
                 let api: Api<DefenderPartner> = Api::namespaced(sandbox.admin.clone(), &tenant.namespace);
@@ -599,7 +602,7 @@ async fn wait_steady_after_restart(
                 });
             }
             if synced && submitted(sandbox).await? >= per_tenant * tenants.len() {
-                return Ok(());
+                return Ok(steady_at);
             }
         }
         if Instant::now() > deadline {

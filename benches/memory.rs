@@ -100,10 +100,7 @@ fn main() {
     drop(values);
     let mut lean: Vec<ProbeFinding> = findings.clone();
     drop(findings);
-    for f in &mut lean {
-        f.managed_fields_mut().clear();
-        f.managed_fields_mut().shrink_to_fit();
-    }
+    lean.iter_mut().for_each(defender_operator::controller::lean);
     let (cache, (store, writer)) = per_finding(n, || {
         let (store, mut writer) = reflector::store::<ProbeFinding>();
         writer.apply_watcher_event(&watcher::Event::Init);

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: the operator caches every finding while watch pages
+/// come and go, and glibc's arenas keep the freed pages of the latter resident.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match defender_operator::cli::main().await {

@@ -19,10 +19,20 @@ use crate::api::finding::ProbeFindingStatus;
 use crate::api::{DefenderPartner, Delivery, DeliveryState, EventReason, FindingReason, PartnerState, ProbeFinding};
 
 pub async fn reconcile(finding: Arc<ProbeFinding>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile("ProbeFinding");
-    let result = reconcile_finding(&finding, &ctx).await;
-    timer.finish(result.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
-    result
+    // On a task of its own: the controller polls its reconciles on the task that also reads the
+    // findings watch, which must keep up however many findings are being reconciled.
+    let reconcile = tokio::spawn(async move {
+        let timer = ctx.metrics.reconcile("ProbeFinding");
+        let result = reconcile_finding(&finding, &ctx).await;
+        timer.finish(result.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
+        result
+    });
+    match reconcile.await {
+        Ok(result) => result,
+        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Ok(Action::await_change()),
+    }
 }
 
 async fn reconcile_finding(finding: &Arc<ProbeFinding>, ctx: &Context) -> Result<Action, Error> {

@@ -464,12 +464,7 @@ fn finding_events(
     watcher::watcher(untyped::<ProbeFinding>(client, config), watcher::Config::default())
         .default_backoff()
         .map_ok(move |event| unreadable.read(event))
-        // The cache holds every finding: keep it lean. Managed fields are most of an object, and
-        // kubectl's last-applied copy of the spec a second one; the operator reads neither.
-        .modify(|finding| {
-            finding.managed_fields_mut().clear();
-            finding.annotations_mut().remove(LAST_APPLIED);
-        })
+        .modify(lean)
         .reflect(cache)
         .touched_objects()
         // A new or changed finding wakes its engines as soon as it is in the cache, however long
@@ -483,6 +478,19 @@ fn finding_events(
                 engines.wake_for(namespace);
             }
         })
+}
+
+/// What the findings cache keeps of a finding: it holds every finding, so not what the operator
+/// never reads — the managed fields (most of an object) and kubectl's last-applied copy of the
+/// spec (a second one).
+pub fn lean(finding: &mut ProbeFinding) {
+    finding.metadata.managed_fields = None;
+    if let Some(annotations) = &mut finding.metadata.annotations {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            finding.metadata.annotations = None;
+        }
+    }
 }
 
 /// Queues a reconcile of every finding in `namespace` (`None`: in every namespace, as a

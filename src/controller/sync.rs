@@ -364,7 +364,7 @@ impl Engine {
 }
 
 /// Full reads of Defender's indicators under way at once, over all engines.
-static FULL_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+static FULL_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// The longest an engine waits for its turn to read before it reads anyway.
 const FULL_READ_TURN: Duration = Duration::from_secs(5);
 
@@ -493,7 +493,7 @@ impl Worker {
     /// Reads every active indicator of the tenant once: the partners', and everyone else's (to
     /// report `External` and to count the tenant against its cap).
     async fn read_defender(&self, engine: &Engine, client: &DefenderClient) -> Result<(), DefenderError> {
-        // One tenant's full read at a time: after a restart every engine reads at once, and each
+        // Two tenants' full reads at a time: after a restart every engine reads at once, and each
         // read holds the tenant's indicators twice (its pages, then the view) for a moment. A
         // tenant whose read is slow (throttled, down) holds the others back a few seconds at most.
         let listed = {

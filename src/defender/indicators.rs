@@ -16,19 +16,7 @@ pub struct Indicator {
     #[serde(default, alias = "externalID")]
     pub external_id: Option<String>,
     #[serde(default)]
-    pub action: Option<String>,
-    #[serde(default)]
-    pub severity: Option<String>,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
     pub expiration_time: Option<String>,
-    #[serde(default)]
-    pub generate_alert: Option<bool>,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub rbac_group_names: Vec<String>,
 }
 
 impl Indicator {
@@ -46,10 +34,6 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
         serde_json::Value::Number(n) => Ok(n.to_string()),
         other => Err(serde::de::Error::custom(format!("expected a string or number id, got {other}"))),
     }
-}
-
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A body for submit/import (case-sensitive field names, as Defender requires).
@@ -116,7 +100,6 @@ mod tests {
         .unwrap();
         assert_eq!(i.id, "995");
         assert_eq!(i.external_id.as_deref(), Some("ns/p"));
-        assert!(i.rbac_group_names.is_empty());
         assert!(!i.is_expired(jiff::Timestamp::now()));
         let j: Indicator = serde_json::from_value(json!({
             "id": "2841", "indicatorValue": "abc", "indicatorType": "FileSha256", "externalId": "x",

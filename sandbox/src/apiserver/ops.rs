@@ -677,13 +677,8 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
     };
     let limit: usize = ctx.q("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let ns = if ctx.def.namespaced && !ctx.ns.is_empty() { Some(ctx.ns.as_str()) } else { None };
-    let stored = st.list(&ctx.def.key(), ns);
     // Objects come in (namespace, name) order: a page starts right after the previous one's last.
-    let start = after.as_ref().map_or(0, |(ans, aname)| {
-        stored.partition_point(|o| {
-            (o["metadata"]["namespace"].as_str().unwrap_or_default(), name_of(o)) <= (ans.as_str(), aname.as_str())
-        })
-    });
+    let mut stored = st.list_after(&ctx.def.key(), ns, after.as_ref()).peekable();
     // Selectors judge what the client would see; only an Event's shape differs from the stored one.
     let selected = |o: &Value| {
         if ctx.def.is_events_v1() {
@@ -693,11 +688,16 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
             ls.matches(o) && fs.matches(o)
         }
     };
-    let mut rest = stored[start..].iter().copied().filter(|o| selected(o));
-    let items: Vec<Value> = rest.by_ref().take(limit).map(|o| present(o, &ctx.def, &ctx.version)).collect();
-    let remaining = rest.count();
+    let mut items: Vec<Value> = Vec::new();
+    while items.len() < limit
+        && let Some(o) = stored.next()
+    {
+        if selected(o) {
+            items.push(present(o, &ctx.def, &ctx.version));
+        }
+    }
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
-    if remaining > 0
+    if stored.peek().is_some()
         && let Some(last) = items.last()
     {
         let token = json!({
@@ -707,7 +707,10 @@ pub fn list(st: &Store, ctx: &Ctx) -> ApiResult<Value> {
             "at": first_page_at,
         });
         meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string()));
-        meta["remainingItemCount"] = json!(remaining);
+        // As a real API server: counted only for a list without selectors (with them, unknown).
+        if ls.is_empty() && fs.is_empty() {
+            meta["remainingItemCount"] = json!(stored.count());
+        }
     }
     Ok(json!({
         "apiVersion": ctx.def.api_version(&ctx.version),

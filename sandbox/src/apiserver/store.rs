@@ -91,6 +91,28 @@ impl Store {
         self.objects.get(res).and_then(|m| m.get(&(ns.to_string(), name.to_string())))
     }
 
+    /// Objects of a resource in key order after `after` (a (namespace, name) key; none: from the
+    /// first); `ns` None means all namespaces. A page of a long list costs its own length.
+    pub fn list_after<'a>(
+        &'a self,
+        res: &ResKey,
+        ns: Option<&'a str>,
+        after: Option<&ObjKey>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        use std::ops::Bound;
+        let from = match (after, ns) {
+            (Some(after), _) => Bound::Excluded(after.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        self.objects
+            .get(res)
+            .into_iter()
+            .flat_map(move |m| m.range((from.clone(), Bound::Unbounded)))
+            .take_while(move |((n, _), _)| ns.is_none_or(|ns| n == ns))
+            .map(|(_, v)| v)
+    }
+
     /// Objects of a resource, in key order; `ns` None means all namespaces.
     pub fn list(&self, res: &ResKey, ns: Option<&str>) -> Vec<&Value> {
         match self.objects.get(res) {

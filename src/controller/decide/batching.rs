@@ -33,7 +33,8 @@ impl Batching {
     /// When findings count as quiet: `coalesce` after the last change, longer in a burst.
     fn quiet_at(&self, patience: Patience) -> Instant {
         let in_burst = self.last_full_batch.is_some_and(|at| self.last_change < at + patience.max_delay);
-        let quiet = if in_burst { (patience.coalesce * BURST_QUIET).min(patience.max_delay) } else { patience.coalesce };
+        let quiet =
+            if in_burst { (patience.coalesce * BURST_QUIET).min(patience.max_delay) } else { patience.coalesce };
         self.last_change + quiet
     }
 }
