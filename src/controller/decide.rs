@@ -395,6 +395,26 @@ pub fn member_report(
     report
 }
 
+/// Whether `finding`'s delivery `delivery` still shows what its engine read of Defender: the
+/// finding is reconciled at its generation, the delivery is `Submitted`, and each of its values is
+/// held for the partner (`held` gives the id) under the id it shows. After an engine's first read
+/// (a restart) only the findings for which this is false need a reconcile.
+pub fn still_shows<'a>(
+    finding: &ProbeFinding,
+    delivery: &str,
+    held: impl Fn(&IndicatorKey) -> Option<&'a str>,
+) -> bool {
+    let Some(status) = &finding.status else { return false };
+    let Some(delivery) = status.deliveries.iter().find(|d| d.partner == delivery) else { return false };
+    status.observed_generation == finding.metadata.generation
+        && delivery.state == DeliveryState::Submitted
+        && !delivery.indicators.is_empty()
+        && delivery.indicators.iter().all(|shown| {
+            let key = IndicatorKey { type_: shown.type_, value: shown.value.clone() };
+            shown.id.is_some() && held(&key) == shown.id.as_deref()
+        })
+}
+
 /// What the sync engine knows about one value, for a finding's delivery status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ValueStatus {

@@ -512,13 +512,33 @@ impl Worker {
         drop(view);
         info!(tenant = %client.tenant_id(), indicators = active.len(), "read Defender's indicators");
         if !was_ready {
-            // The findings kept what they showed until now: let them see the engine's view.
-            for snapshot in Self::snapshot(engine) {
-                let namespace = snapshot.partner.metadata.namespace.as_deref();
-                super::wake_findings_in(namespace, &self.caches.findings, &self.triggers.findings);
-            }
+            self.wake_findings_the_read_changed(engine);
         }
         Ok(())
+    }
+
+    /// The findings kept what they showed until the engine's first read: those whose deliveries
+    /// no longer agree with it are reconciled (after a restart, few: not every finding again).
+    fn wake_findings_the_read_changed(&self, engine: &Engine) {
+        let partners: Vec<(Selection, String)> = {
+            let namespaces = self.caches.namespace_labels();
+            let snapshot = Self::snapshot(engine);
+            snapshot.iter().map(|p| (Selection::of(&p.partner, &namespaces), p.partner.delivery_name())).collect()
+        };
+        let markers: BTreeSet<String> = engine.partners.lock().unwrap().keys().cloned().collect();
+        let view = engine.view.lock().unwrap();
+        let held = |key: &IndicatorKey| {
+            let held = view.held.get(key)?;
+            held.owner.as_ref().is_some_and(|owner| markers.contains(owner)).then_some(held.id.as_str())
+        };
+        for finding in self.caches.findings.state() {
+            let changed = partners.iter().any(|(selection, delivery)| {
+                selection.selects(&finding) && !decide::still_shows(&finding, delivery, held)
+            });
+            if changed {
+                let _ = self.triggers.findings.send(ObjectRef::from_obj(&*finding));
+            }
+        }
     }
 
     /// One diff-and-send round over every partner of the engine: what leaves now is

@@ -819,3 +819,28 @@ fn a_plan_pushes_the_oldest_findings_first() {
     let pushed: Vec<String> = plan.push.iter().map(|p| p.indicator().indicator_value).collect();
     assert_eq!(pushed, [hash('c'), hash('a'), hash('b')], "by creation, then by value");
 }
+
+#[test]
+fn after_a_read_only_findings_whose_delivery_disagrees_with_it_need_a_reconcile() {
+    let mut shown = finding("f", TestState::Unprotected, &[&hash('a')]);
+    shown.metadata.generation = Some(2);
+    shown.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "observedGeneration": 2,
+            "deliveries": [{"partner": "p", "state": "Submitted",
+                            "indicators": [{"type": "FileSha256", "value": hash('a'), "id": "7"}]}]
+        }))
+        .unwrap(),
+    );
+    let holds = |id: &'static str| move |k: &IndicatorKey| (k == &key(&hash('a'))).then_some(id);
+    assert!(still_shows(&shown, "p", holds("7")));
+    assert!(!still_shows(&shown, "p", holds("8")), "deleted in the portal and pushed again by someone");
+    assert!(!still_shows(&shown, "p", |_| None), "no longer held");
+    assert!(!still_shows(&shown, "other", holds("7")), "no delivery to that partner yet");
+    let mut changed = shown.clone();
+    changed.metadata.generation = Some(3);
+    assert!(!still_shows(&changed, "p", holds("7")), "changed while the operator was down");
+    let mut pending = shown.clone();
+    pending.status.as_mut().unwrap().deliveries[0].state = DeliveryState::Pending;
+    assert!(!still_shows(&pending, "p", holds("7")));
+}
