@@ -364,7 +364,7 @@ impl Engine {
 }
 
 /// Full reads of Defender's indicators under way at once, over all engines.
-static FULL_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+static FULL_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 /// The longest an engine waits for its turn to read before it reads anyway.
 const FULL_READ_TURN: Duration = Duration::from_secs(5);
 
@@ -393,9 +393,8 @@ struct Worker {
 
 impl Worker {
     async fn run(self) {
-        // The findings cache must be complete before any diff, or a restart would withdraw
-        // indicators whose findings were simply not listed yet.
-        super::synced(&self.caches.findings).await;
+        let mut findings_listed = false;
+        let mut first_read_shown = false;
         let mut last_read: Option<Instant> = None;
         let mut failures: u32 = 0;
         let mut batching = Batching::new(Instant::now());
@@ -416,6 +415,17 @@ impl Worker {
             } else {
                 Ok(())
             };
+            if result.is_ok() && !findings_listed {
+                // The findings cache must be complete before any diff, or a restart would
+                // withdraw indicators whose findings were simply not listed yet. Defender is read
+                // meanwhile: after a restart, while the operator is still listing the findings.
+                super::synced(&self.caches.findings).await;
+                findings_listed = true;
+            }
+            if result.is_ok() && !first_read_shown {
+                self.wake_findings_the_read_changed(&engine);
+                first_read_shown = true;
+            }
             let result = match result {
                 Ok(()) => self.round(&engine, &client, &mut batching, &mut planning).await,
                 Err(error) => Err(error),
@@ -493,7 +503,7 @@ impl Worker {
     /// Reads every active indicator of the tenant once: the partners', and everyone else's (to
     /// report `External` and to count the tenant against its cap).
     async fn read_defender(&self, engine: &Engine, client: &DefenderClient) -> Result<(), DefenderError> {
-        // Two tenants' full reads at a time: after a restart every engine reads at once, and each
+        // One tenant's full read at a time: after a restart every engine reads at once, and each
         // read holds the tenant's indicators twice (its pages, then the view) for a moment. A
         // tenant whose read is slow (throttled, down) holds the others back a few seconds at most.
         let listed = {
@@ -505,15 +515,11 @@ impl Worker {
         let held: HashMap<IndicatorKey, Held> =
             active.iter().filter_map(|indicator| Some((key_of(indicator)?, held_of(indicator)))).collect();
         let mut view = engine.view.lock().unwrap();
-        let was_ready = view.ready;
         view.tenant_total = active.len();
         view.held = held;
         view.ready = true;
         drop(view);
         info!(tenant = %client.tenant_id(), indicators = active.len(), "read Defender's indicators");
-        if !was_ready {
-            self.wake_findings_the_read_changed(engine);
-        }
         Ok(())
     }
 
