@@ -414,13 +414,21 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The operator's own count of requests to the Kubernetes API, from its /metrics.
 async fn kube_requests(port: u16) -> anyhow::Result<u64> {
+    metric_sum(port, "defender_operator_kube_requests_total ").await
+}
+
+/// The sum of the operator's /metrics samples whose line starts with `prefix`.
+async fn metric_sum(port: u16, prefix: &str) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await
             && let Ok(text) = response.text().await
-            && let Some(line) = text.lines().find(|l| l.starts_with("defender_operator_kube_requests_total "))
         {
-            return Ok(line.split_whitespace().nth(1).context("a value")?.parse::<f64>()? as u64);
+            let mut sum = 0.0;
+            for line in text.lines().filter(|l| l.starts_with(prefix)) {
+                sum += line.split_whitespace().last().context("a value")?.parse::<f64>()?;
+            }
+            return Ok(sum as u64);
         }
         if Instant::now() > deadline {
             bail!("the operator's /metrics did not answer");
@@ -566,8 +574,9 @@ async fn watch_until(
 }
 
 /// Steady after a restart: the new operator is ready (its caches are synced), each tenant's
-/// engine has read Defender (a full list, not the partner check's `$top=1`), every partner reports
-/// its indicators in sync, and every finding is still Submitted.
+/// engine has read Defender (a full list, not the partner check's `$top=1`), it has reconciled
+/// every finding, every partner reports its indicators in sync, and every finding is still
+/// Submitted.
 async fn wait_steady_after_restart(
     sandbox: &Sandbox,
     tenants: &[Tenant],
@@ -588,7 +597,8 @@ async fn wait_steady_after_restart(
         let ready = reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz"))
             .await
             .is_ok_and(|r| r.status().is_success());
-        if ready && tenants.iter().all(read) {
+        let reconciled = metric_sum(metrics_port, r#"defender_operator_reconciles_total{kind="ProbeFinding""#).await?;
+        if ready && tenants.iter().all(read) && reconciled as usize >= per_tenant * tenants.len() {
             // Steady from the moment every partner reports its values held; the findings are
             // then checked (one list of them all, which takes a while and is not the operator's).
             let steady_at = Instant::now();

@@ -271,6 +271,14 @@ async fn label_and_field_selectors_limit_and_continue() {
     let page3 = cms.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
     assert!(page3.metadata.continue_.as_deref().unwrap_or("").is_empty());
     assert_eq!(names(page3), ["cm-4"]);
+    // With a selector the remaining count is unknown, as a real API server says (it omits it);
+    // the pages still go on.
+    let selected = cms.list(&ListParams::default().labels("tier=web").limit(1)).await.unwrap();
+    assert_eq!(selected.metadata.remaining_item_count, None);
+    let token = selected.metadata.continue_.clone().unwrap();
+    assert_eq!(names(selected), ["cm-0"]);
+    let rest = cms.list(&ListParams::default().labels("tier=web").limit(5).continue_token(&token)).await.unwrap();
+    assert_eq!(names(rest), ["cm-1", "cm-4"]);
     // unsupported field selector on a CR
     let w = with_crd(&s).await;
     let e = api_err(w.list(&ListParams::default().fields("spec.size=3")).await.unwrap_err());
