@@ -526,12 +526,11 @@ impl Worker {
     /// The findings kept what they showed until the engine's first read: those whose deliveries
     /// no longer agree with it are reconciled (after a restart, few: not every finding again).
     fn wake_findings_the_read_changed(&self, engine: &Engine) {
-        let partners: Vec<(Selection, String)> = {
-            let namespaces = self.caches.namespace_labels();
-            let snapshot = Self::snapshot(engine);
-            snapshot.iter().map(|p| (Selection::of(&p.partner, &namespaces), p.partner.delivery_name())).collect()
-        };
-        let markers: BTreeSet<String> = engine.partners.lock().unwrap().keys().cloned().collect();
+        let snapshot = Self::snapshot(engine);
+        let namespaces = self.caches.namespace_labels();
+        let partners: Vec<(Selection, String)> =
+            snapshot.iter().map(|p| (Selection::of(&p.partner, &namespaces), p.partner.delivery_name())).collect();
+        let markers: BTreeSet<&String> = snapshot.iter().map(|p| &p.settings.marker).collect();
         let view = engine.view.lock().unwrap();
         let held = |key: &IndicatorKey| {
             let held = view.held.get(key)?;

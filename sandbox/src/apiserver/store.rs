@@ -114,18 +114,8 @@ impl Store {
     }
 
     /// Objects of a resource, in key order; `ns` None means all namespaces.
-    pub fn list(&self, res: &ResKey, ns: Option<&str>) -> Vec<&Value> {
-        match self.objects.get(res) {
-            None => vec![],
-            Some(m) => match ns {
-                None => m.values().collect(),
-                Some(ns) => m
-                    .range((ns.to_string(), String::new())..)
-                    .take_while(|((n, _), _)| n == ns)
-                    .map(|(_, v)| v)
-                    .collect(),
-            },
-        }
+    pub fn list<'a>(&'a self, res: &ResKey, ns: Option<&'a str>) -> Vec<&'a Value> {
+        self.list_after(res, ns, None).collect()
     }
 
     pub fn resources_with_objects_in(&self, ns: &str) -> Vec<ResKey> {
