@@ -263,3 +263,41 @@ async fn a_hash_shared_by_findings_stays_while_one_refers_to_it_and_is_counted()
     eventually("withdrawn with the last finding", WAIT, || world.indicators().is_empty()).await;
     world.wait_for("default", "defender", WAIT, counted(0)).await.expect("nothing counted");
 }
+
+/// While the operator is down, someone replaces one of its indicators in the portal. The
+/// restarted engine's first read shows the value held by someone else: that finding is reconciled
+/// (External), though nothing is pushed for it; the finding whose delivery still agrees is not
+/// written again.
+#[tokio::test]
+async fn after_a_restart_a_finding_whose_value_changed_hands_while_down_shows_it() {
+    let mut world = world().await;
+    world.attached_partner("default", "defender", json!({})).await;
+    world.finding("default", "kept", &[sha256(1)], json!({"state": "UNPROTECTED"})).await;
+    world.finding("default", "replaced", &[sha256(2)], json!({"state": "UNPROTECTED"})).await;
+    let kept = world.ready_finding("default", "kept").await;
+    world.ready_finding("default", "replaced").await;
+
+    world.operator.take().unwrap().kill();
+    let ours = world.indicators().into_iter().find(|i| i["indicatorValue"] == sha256(2)).unwrap();
+    assert!(world.defender.remove_indicator(sv::TENANT_ID, ours["id"].as_str().unwrap()));
+    let foreign = world.defender.insert_indicator(
+        sv::TENANT_ID,
+        json!({"indicatorValue": sha256(2), "indicatorType": "FileSha256", "application": "portal"}),
+    );
+    world.defender.clear_calls();
+    world.operator = Some(world.start_operator());
+
+    let replaced = world
+        .wait_for("default", "replaced", WAIT, |f: &ProbeFinding| {
+            f.status.as_ref().is_some_and(|s| s.deliveries.first().is_some_and(|d| d.state == DeliveryState::External))
+        })
+        .await
+        .unwrap();
+    let delivery = &replaced.status.unwrap().deliveries[0];
+    assert_eq!(delivery.indicators[0].id.as_deref(), Some(foreign.as_str()));
+    let writes = [Endpoint::ImportIndicators, Endpoint::SubmitIndicator];
+    assert!(!world.defender.calls().iter().any(|c| writes.contains(&c.endpoint)), "nothing pushed: it is held");
+    let findings: Api<ProbeFinding> = Api::namespaced(world.admin.clone(), "default");
+    let kept_now = findings.get("kept").await.unwrap();
+    assert_eq!(kept_now.metadata.resource_version, kept.metadata.resource_version, "not written again");
+}
