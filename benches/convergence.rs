@@ -660,12 +660,6 @@ async fn correlation_phase(
 ) -> anyhow::Result<Figures> {
     sandbox.defender.clear_calls();
     let kube_before = kube_requests(metrics_port).await?;
-    let window = (jiff::Timestamp::now().as_second() - observed.as_second()) + 5;
-    let window = json!({"spec": {"correlation": {"alertWindow": format!("{window}s")}}});
-    for tenant in tenants {
-        let partners: Api<DefenderPartner> = Api::namespaced(sandbox.admin.clone(), &tenant.namespace);
-        partners.patch("defender", &PatchParams::default(), &Patch::Merge(&window)).await?;
-    }
     // Watched rather than listed: listing every finding every second would load the 2 cores
     // being measured.
     let settled = move |f: &ProbeFinding| {
@@ -680,6 +674,14 @@ async fn correlation_phase(
             let run = TestRun::new(&format!("host-{}", local % MACHINES), &sha256(finding), TestOutcome::Detected);
             sandbox.defender.run_test(&tenant.id, run);
         }
+    }
+    // The windows close a few seconds after the last alert was raised (raising 10,000 takes a
+    // while): the findings without one are then NotDetected.
+    let window = (jiff::Timestamp::now().as_second() - observed.as_second()) + 5;
+    let window = json!({"spec": {"correlation": {"alertWindow": format!("{window}s")}}});
+    for tenant in tenants {
+        let partners: Api<DefenderPartner> = Api::namespaced(sandbox.admin.clone(), &tenant.namespace);
+        partners.patch("defender", &PatchParams::default(), &Patch::Merge(&window)).await?;
     }
     let settled_at = tokio::time::timeout(Duration::from_secs(600), settling)
         .await

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 /// mimalloc rather than the system allocator: the operator caches every finding while watch pages
-/// come and go, and glibc's arenas keep the freed pages of the latter resident.
+/// come and go, and glibc's arenas keep the freed pages of the latter resident. Built without
+/// transparent huge pages (Cargo.toml says why).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

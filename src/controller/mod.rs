@@ -481,16 +481,25 @@ fn finding_events(
 }
 
 /// What the findings cache keeps of a finding: it holds every finding, so not what the operator
-/// never reads — the managed fields (most of an object) and kubectl's last-applied copy of the
-/// spec (a second one).
+/// never reads — the managed fields (most of an object), kubectl's last-applied copy of the spec
+/// (a second one) and the resource version (the watch has taken it; nothing is written with it).
 pub fn lean(finding: &mut ProbeFinding) {
     finding.metadata.managed_fields = None;
+    finding.metadata.resource_version = None;
     if let Some(annotations) = &mut finding.metadata.annotations {
         annotations.remove(LAST_APPLIED);
         if annotations.is_empty() {
             finding.metadata.annotations = None;
         }
     }
+}
+
+/// A finding to reconcile: its name and namespace, which is all the queue looks it up by. The
+/// queue keeps each pending finding twice, and after a start or a correlation round that can be
+/// every finding: without the uid and resource version each takes ~130 bytes less.
+pub fn finding_ref(finding: &ProbeFinding) -> ObjectRef<ProbeFinding> {
+    let name = finding.metadata.name.as_deref().unwrap_or_default();
+    ObjectRef::new(name).within(finding.metadata.namespace.as_deref().unwrap_or_default())
 }
 
 /// Queues a reconcile of every finding in `namespace` (`None`: in every namespace, as a
@@ -502,7 +511,7 @@ pub fn wake_findings_in(
 ) {
     for finding in findings.state() {
         if namespace.is_none() || finding.metadata.namespace.as_deref() == namespace {
-            let _ = queue.send(ObjectRef::from_obj(&*finding));
+            let _ = queue.send(finding_ref(&finding));
         }
     }
 }

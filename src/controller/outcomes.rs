@@ -126,8 +126,9 @@ struct State {
     /// Endpoints looked up since the last list.
     looked_up: usize,
     more_lookups: bool,
-    /// What each finding was last judged to show (a fingerprint), by uid.
-    shown: HashMap<String, u64>,
+    /// The outcome (a fingerprint) each finding was poked for, by uid, while its status does
+    /// not show it.
+    poked_for: HashMap<String, u64>,
     /// (tag, machine id) added by this engine.
     tagged: HashSet<(String, String)>,
     tag_problem: Option<String>,
@@ -281,6 +282,7 @@ impl Correlator {
 
     /// Every machine and every antivirus health row; the look-ups start afresh.
     async fn list_machines(&mut self, partner: &DefenderPartner) -> Result<(), DefenderError> {
+        let _turn = super::sync::full_read_turn().await;
         let started = Timestamp::now();
         let machines = self.client.list_machines().await?;
         let av = self.client.list_av_info(None).await?;
@@ -391,7 +393,10 @@ impl Correlator {
             _ => needed.unwrap_or(recent),
         }
         .max(oldest);
-        let alerts = self.client.list_alerts_updated_since(since).await?;
+        let alerts = {
+            let _turn = super::sync::full_read_turn().await;
+            self.client.list_alerts_updated_since(since).await?
+        };
         let book = Arc::make_mut(&mut self.state.book);
         let mut recorded = 0;
         for alert in &alerts {
@@ -432,8 +437,9 @@ impl Correlator {
         }
     }
 
-    /// Judges every finding of the partner: pokes those whose outcome is not what they (or the
-    /// last judgement) show; returns the counts.
+    /// Judges every finding of the partner: pokes those whose outcome is not what they show
+    /// (once per outcome: a finding poked for this outcome is not poked again while its status
+    /// catches up); returns the counts.
     fn judge(
         &mut self,
         partner: &DefenderPartner,
@@ -443,8 +449,8 @@ impl Correlator {
         let now = Timestamp::now();
         let name = partner.metadata.name.clone().unwrap_or_default();
         let mut detections = Vec::new();
-        let mut seen = HashSet::new();
-        let mut poked = 0;
+        // Only the findings whose status does not show their outcome yet: usually none.
+        let mut poked_for = HashMap::new();
         let selection = Selection::of(partner, &self.caches.namespace_labels());
         for finding in self.caches.findings.state() {
             if !selection.selects(&finding) || finding.indicator_keys().is_err() {
@@ -452,27 +458,25 @@ impl Correlator {
             }
             let evaluation = judge::evaluate(&finding, spec, snapshot, now);
             detections.extend(evaluation.detection);
+            let shows = finding
+                .status
+                .as_ref()
+                .and_then(|s| s.deliveries.iter().find(|d| d.partner == name))
+                .is_some_and(|d| judge::shows(d, &evaluation));
+            if shows {
+                continue;
+            }
             let key = finding.metadata.uid.clone().unwrap_or_else(|| ObjectRef::from_obj(&*finding).to_string());
             let print = fingerprint(&evaluation);
-            let stale = match self.state.shown.get(&key) {
-                Some(shown) => *shown != print,
-                None => !finding
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.deliveries.iter().find(|d| d.partner == name))
-                    .is_some_and(|d| judge::shows(d, &evaluation)),
-            };
-            if stale {
-                poked += 1;
-                let _ = self.triggers.findings.send(ObjectRef::from_obj(&*finding));
+            if self.state.poked_for.get(&key) != Some(&print) {
+                let _ = self.triggers.findings.send(super::finding_ref(&finding));
             }
-            self.state.shown.insert(key.clone(), print);
-            seen.insert(key);
+            poked_for.insert(key, print);
         }
-        self.state.shown.retain(|key, _| seen.contains(key));
-        if poked > 0 {
-            debug!(partner = %partner.owner_marker(), poked, "findings whose outcome changed");
+        if !poked_for.is_empty() {
+            debug!(partner = %partner.owner_marker(), waiting = poked_for.len(), "findings whose outcome changed");
         }
+        self.state.poked_for = poked_for;
         judge::count(detections)
     }
 

@@ -363,10 +363,20 @@ impl Engine {
     }
 }
 
-/// Full reads of Defender's indicators under way at once, over all engines.
+/// Full reads of a tenant (its indicators, machines, antivirus health or alerts) under way at
+/// once, over all engines and correlations.
 static FULL_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-/// The longest an engine waits for its turn to read before it reads anyway.
+/// The longest a read waits for its turn before it reads anyway.
 const FULL_READ_TURN: Duration = Duration::from_secs(5);
+
+/// Waits for the turn of one full read of a tenant; the turn lasts while the permit is held.
+/// After a start every tenant reads at once, and each read holds a whole list (its pages, then
+/// what is kept of it) for a moment: one at a time keeps the operator's peak memory to one
+/// tenant's list, not all of them. A tenant whose read is slow (throttled, down) holds the others
+/// back a few seconds at most.
+pub(super) async fn full_read_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    tokio::time::timeout(FULL_READ_TURN, FULL_READS.acquire()).await.ok().and_then(Result::ok)
+}
 
 /// The least pause between two rounds of an engine: well under the pause that sends a partial
 /// batch, far more than enough for a full batch to leave as soon as it fills.
@@ -503,11 +513,8 @@ impl Worker {
     /// Reads every active indicator of the tenant once: the partners', and everyone else's (to
     /// report `External` and to count the tenant against its cap).
     async fn read_defender(&self, engine: &Engine, client: &DefenderClient) -> Result<(), DefenderError> {
-        // One tenant's full read at a time: after a restart every engine reads at once, and each
-        // read holds the tenant's indicators twice (its pages, then the view) for a moment. A
-        // tenant whose read is slow (throttled, down) holds the others back a few seconds at most.
         let listed = {
-            let _turn = tokio::time::timeout(FULL_READ_TURN, FULL_READS.acquire()).await;
+            let _turn = full_read_turn().await;
             client.list_indicators(None).await?
         };
         let now = jiff::Timestamp::now();
@@ -541,7 +548,7 @@ impl Worker {
                 selection.selects(&finding) && !decide::still_shows(&finding, delivery, held)
             });
             if changed {
-                let _ = self.triggers.findings.send(ObjectRef::from_obj(&*finding));
+                let _ = self.triggers.findings.send(super::finding_ref(&finding));
             }
         }
     }
@@ -727,7 +734,7 @@ impl Worker {
     ) {
         for finding in findings {
             if finding.indicator_keys().is_ok_and(|own| own.iter().any(|k| keys.contains(k))) {
-                let _ = self.triggers.findings.send(ObjectRef::from_obj(&**finding));
+                let _ = self.triggers.findings.send(super::finding_ref(finding));
             }
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use url::Url;
 
 use super::cloud::{self, CloudEndpoints};
@@ -144,24 +145,16 @@ pub(super) fn encode_query_value(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
-/// An indicator list page. Its items are read one by one as the page is parsed, never the whole
-/// page as JSON values at once: a page holds up to 10,000 indicators.
+/// A list page of Defender's API (indicators, machines, antivirus health, alerts), its items
+/// kept as their raw text until each is read into what the operator keeps. Not as JSON values
+/// first: a page holds up to 10,000 items, and what is kept of them ends up scattered among the
+/// freed values, which holds several times its size resident.
 #[derive(Deserialize)]
-struct Page {
-    #[serde(default)]
-    value: Option<Vec<PageItem>>,
+pub(super) struct Page<'a> {
+    #[serde(borrow, default)]
+    pub value: Option<Vec<&'a RawValue>>,
     #[serde(default, rename = "@odata.nextLink")]
-    next_link: Option<String>,
-}
-
-/// One indicator of a page, or why it could not be read.
-struct PageItem(Result<Indicator, String>);
-
-impl<'de> Deserialize<'de> for PageItem {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let item = serde_json::Value::deserialize(deserializer)?;
-        Ok(PageItem(serde_json::from_value(item).map_err(|e| e.to_string())))
-    }
+    pub next_link: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -410,8 +403,7 @@ impl DefenderClient {
             let items = page.value.ok_or_else(|| DefenderError::Protocol("indicator list without `value`".into()))?;
             let count = items.len();
             for (i, item) in items.into_iter().enumerate() {
-                let indicator = item
-                    .0
+                let indicator: Indicator = serde_json::from_str(item.get())
                     .map_err(|e| DefenderError::Protocol(format!("indicator #{} of a list page: {e}", skip + i)))?;
                 if seen.insert(indicator.id.clone()) {
                     out.push(indicator);

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
-use super::client::encode_query_value;
+use super::client::{Page, encode_query_value};
 use super::error::api_error;
 use super::{DefenderClient, DefenderError, EndpointClass};
 
@@ -261,34 +261,14 @@ impl DefenderClient {
 
 type PageOf<T> = (Vec<T>, Option<String>, usize, usize);
 
-/// A list page, its items read one by one (never the whole page as JSON values at once: a page
-/// holds up to 10,000 machines).
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "T: DeserializeOwned"))]
-struct Page<T> {
-    #[serde(default = "Option::default")]
-    value: Option<Vec<Lenient<T>>>,
-    #[serde(default, rename = "@odata.nextLink")]
-    next_link: Option<String>,
-}
-
-/// An item that is `None` when it cannot be read as a `T`, rather than failing the page.
-struct Lenient<T>(Option<T>);
-
-impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let item = serde_json::Value::deserialize(deserializer)?;
-        Ok(Lenient(serde_json::from_value(item).ok()))
-    }
-}
-
 /// A list page: its readable items, its next link, how many items it had, how many were skipped.
 fn read_page<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<PageOf<T>, DefenderError> {
-    let page: Page<T> =
+    let page: Page =
         serde_json::from_slice(body).map_err(|e| DefenderError::Protocol(format!("{what} list is not JSON: {e}")))?;
     let items = page.value.ok_or_else(|| DefenderError::Protocol(format!("{what} list without `value`")))?;
     let count = items.len();
-    let read: Vec<T> = items.into_iter().filter_map(|item| item.0).collect();
+    // An item that cannot be read is skipped (and counted), not the page.
+    let read: Vec<T> = items.iter().filter_map(|item| serde_json::from_str(item.get()).ok()).collect();
     let skipped = count - read.len();
     let next = page.next_link.map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
     Ok((read, next, count, skipped))
