@@ -13,7 +13,7 @@ use defender_operator::api::finding::IndicatorKey;
 use defender_operator::api::{DefenderPartner, ProbeFinding};
 use defender_operator::controller::decide::{self, Held, PartnerSettings};
 use kube::ResourceExt;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
@@ -111,7 +111,8 @@ fn main() {
         (store, writer)
     });
     // One reconcile request per finding, as a restart queues them all.
-    let (queued, queue) = per_finding(n, || lean.iter().map(ObjectRef::from_obj).collect::<Vec<_>>());
+    let (queued, queue) =
+        per_finding(n, || lean.iter().map(defender_operator::controller::finding_ref).collect::<Vec<_>>());
     // The engine's view of Defender: one entry per indicator.
     let (view, held) = per_finding(n, || {
         lean.iter()
@@ -120,7 +121,8 @@ fn main() {
             .map(|(i, key)| (key, Held { id: format!("{}", 1000 + i), owner: Some("tenant-3/defender".into()) }))
             .collect::<HashMap<IndicatorKey, Held>>()
     });
-    // The correlation's fingerprint of what each finding shows, by uid.
+    // The correlation's fingerprint of a finding's outcome, by uid, kept while the finding's
+    // status lags behind it (here all of them, the most it can be).
     let (shown, fingerprints) =
         per_finding(n, || lean.iter().map(|f| (f.uid().unwrap(), 0u64)).collect::<HashMap<String, u64>>());
     // A sync round's wants: built for every finding of the partner, every round.
@@ -150,15 +152,15 @@ fn main() {
         ("findings cache: typed, managed fields dropped", cache, "kept"),
         ("reconcile queue entry (ObjectRef)", queued, "kept while queued (a restart queues all)"),
         ("engine view: indicator -> Defender id, owner", view, "kept, per indicator"),
-        ("correlation: fingerprint by uid", shown, "kept, per finding and partner"),
+        ("correlation: fingerprint by uid", shown, "while the status lags, per finding and partner"),
         ("sync round: the partner's wants", round, "transient, each round, per partner"),
     ];
     println!("defender-operator memory per finding (heap bytes, {n} findings)");
     for (what, bytes, lifetime) in &rows {
         println!("{what:<48} {bytes:>8.0} B   {lifetime}");
     }
-    let kept = cache + view + shown;
-    println!("{:<48} {:>8.0} B", "kept per finding (cache + view + correlation)", kept);
+    let kept = cache + view;
+    println!("{:<48} {:>8.0} B", "kept per finding (cache + view)", kept);
     let figures: serde_json::Map<String, Value> =
         rows.iter().map(|(what, bytes, _)| (what.to_string(), json!(bytes.round()))).collect();
     println!("{}", json!({"findings": n, "bytes_per_finding": figures, "kept_bytes_per_finding": kept.round()}));

@@ -142,6 +142,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
         failover.as_secs_f64()
     );
     assert!(failover < FAILOVER_TARGET, "failover took {failover:?}, target {FAILOVER_TARGET:?}");
+    // Counted when its reconcile returns, a moment after the status write observed above.
+    let counted = Instant::now();
+    while reconciles(&standby.metrics) == 0.0 && counted.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(reconciles(&standby.metrics) > 0.0, "the new leader reconciles");
 
     // Graceful stop (SIGTERM) of the new leader: it drains, releases, and a fresh replica takes
