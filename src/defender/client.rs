@@ -145,10 +145,9 @@ pub(super) fn encode_query_value(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
-/// A list page of Defender's API (indicators, machines, antivirus health, alerts), its items
-/// kept as their raw text until each is read into what the operator keeps. Not as JSON values
-/// first: a page holds up to 10,000 items, and what is kept of them ends up scattered among the
-/// freed values, which holds several times its size resident.
+/// A list page of Defender's API (indicators, machines, antivirus health, alerts): its items
+/// as their raw text, each then read straight into what the operator keeps (a page holds up to
+/// 10,000 items; no JSON value is built for any of them).
 #[derive(Deserialize)]
 pub(super) struct Page<'a> {
     #[serde(borrow, default)]
