@@ -143,11 +143,8 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     );
     assert!(failover < FAILOVER_TARGET, "failover took {failover:?}, target {FAILOVER_TARGET:?}");
     // Counted when its reconcile returns, a moment after the status write observed above.
-    let counted = Instant::now();
-    while reconciles(&standby.metrics) == 0.0 && counted.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reconciles(&standby.metrics) > 0.0, "the new leader reconciles");
+    common::eventually("the new leader reconciles", Duration::from_secs(10), || reconciles(&standby.metrics) > 0.0)
+        .await;
 
     // Graceful stop (SIGTERM) of the new leader: it drains, releases, and a fresh replica takes
     // over without waiting for the lease to expire.

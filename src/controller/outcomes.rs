@@ -447,7 +447,8 @@ impl Correlator {
         snapshot: &Snapshot,
     ) -> crate::api::outcome::OutcomeCounts {
         let now = Timestamp::now();
-        let name = partner.metadata.name.clone().unwrap_or_default();
+        // `ClusterDefenderPartner/<name>` for a cluster-wide partner, not its bare name.
+        let name = partner.delivery_name();
         let mut detections = Vec::new();
         // Only the findings whose status does not show their outcome yet: usually none.
         let mut poked_for = HashMap::new();
